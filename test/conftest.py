@@ -1,0 +1,14 @@
+"""Shared pytest set-up.
+
+Each pytest session gets its own ROS_DOMAIN_ID so DDS tests of parallel runs (two checkouts, CI
+and a developer) never see each other's topics, and discovery stays on loopback.
+"""
+import os
+import random
+import sys
+
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+os.environ['ROS_DOMAIN_ID'] = str(random.Random(os.getpid()).randint(1, 100))
+if sys.prefix not in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
+    os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join(
+        p for p in (sys.prefix, os.environ.get('AMENT_PREFIX_PATH')) if p)
