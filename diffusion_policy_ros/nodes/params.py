@@ -1,0 +1,81 @@
+"""Node parameters from one dataclass: the dataclass is the single source of truth for names, types
+and defaults; the params files in config/ and the node's declared parameters both follow it."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+T = TypeVar('T')
+
+_TYPES = {
+    bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
+    str: Parameter.Type.STRING, list[str]: Parameter.Type.STRING_ARRAY,
+    list[float]: Parameter.Type.DOUBLE_ARRAY, list[int]: Parameter.Type.INTEGER_ARRAY,
+    list[bool]: Parameter.Type.BOOL_ARRAY,
+}
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    raise TypeError(f'parameter {field.name} needs a default')
+
+
+def declare_parameters(node: Node, cls: type[T], skip: tuple[str, ...] = ()) -> T:
+    """Declare every field of `cls` on `node` (typed, so empty lists work) and return their values."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        param_type = _TYPES.get(hints[field.name])
+        if param_type is None:
+            raise TypeError(f'{cls.__name__}.{field.name}: unsupported parameter type {hints[field.name]}')
+        default = _field_default(field)
+        # Doubles are declared with dynamic typing so `-p rate:=10` (an integer on the command line)
+        # is accepted and converted, instead of failing the whole node at start-up.
+        descriptor = ParameterDescriptor(description=field.metadata.get('help', ''),
+                                         dynamic_typing=param_type is Parameter.Type.DOUBLE)
+        if isinstance(default, list) and not default:
+            node.declare_parameter(field.name, param_type, descriptor)
+        else:
+            node.declare_parameter(field.name, default, descriptor)
+        values[field.name] = _coerce(node.get_parameter(field.name).value, hints[field.name], field.name)
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    if value is None:
+        return [] if typing.get_origin(hint) is list else value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f'parameter {name} must be a number, got {value!r}')
+        return float(value)
+    if isinstance(value, (list, tuple)) or typing.get_origin(hint) is list:
+        return list(value)
+    return value
+
+
+def load_params_file(path: str | Path, node_name: str) -> dict[str, Any]:
+    """The `ros__parameters` of `node_name` in a ROS 2 params file (also matches `/**` wildcards)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    merged: dict[str, Any] = {}
+    for key in ('/**', '**', node_name, '/' + node_name):
+        section = data.get(key)
+        if isinstance(section, dict):
+            merged.update(section.get('ros__parameters', {}) or {})
+    return merged
+
+
+def unknown_parameters(params: dict[str, Any], cls: type, allowed_extra: tuple[str, ...] = ('use_sim_time',)) -> list[str]:
+    names = {f.name for f in dataclasses.fields(cls)} | set(allowed_extra)
+    return sorted(set(params) - names)
