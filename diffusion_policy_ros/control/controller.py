@@ -1,0 +1,135 @@
+"""One timer tick of the policy node, without ROS: the composition the node adapts to topics.
+
+Keeping the composition here (not in the node) means the order that matters for safety (take chunk,
+plan, decide health, clamp or hold) is unit-tested on a fake clock, and the node only converts
+messages and publishes.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from diffusion_policy_ros.control.chunks import ChunkExecutor, ExecutorConfig
+from diffusion_policy_ros.control.health import HealthMonitor, HealthState, HoldCode, HoldReason
+from diffusion_policy_ros.control.inference_worker import InferenceWorker, PolicyFn
+from diffusion_policy_ros.control.limits import JointLimits, clamp_trajectory
+from diffusion_policy_ros.control.observation import ObservationHistory
+
+
+@dataclass
+class ControllerConfig:
+    n_obs_steps: int = 2
+    max_obs_age_s: float = 0.5
+    history_capacity: int = 64  # messages kept per stream: > n_obs_steps * (stream rate / policy rate)
+    log_throttle_s: float = 10.0
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    @property
+    def control_period(self) -> float:
+        return self.executor.control_period
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """What to publish this tick: `points[k]` is due at now + k * period (`time_from_start` k * period).
+
+    In HOLD, `points` is the measured position as a single point, or None when no joint state has been
+    received yet (nothing safe to publish)."""
+
+    state: HealthState
+    reason: HoldReason | None
+    points: np.ndarray | None
+    log_message: str | None
+
+
+class PolicyController:
+    """Observation history + inference worker + chunk executor + health + limits, ticked by a timer.
+
+    `clock()` must be the clock the message stamps use (ROS time, sim time under use_sim_time); the
+    worker calls it to build the newest window.
+    """
+
+    def __init__(self, policy_fn: PolicyFn, camera_keys: Sequence[str], limits: JointLimits,
+                 cfg: ControllerConfig, clock: Callable[[], float],
+                 stream_names: dict[str, str] | None = None) -> None:
+        self.cfg = cfg
+        self.limits = limits
+        self.clock = clock
+        self.history = ObservationHistory(camera_keys, limits.names, cfg.history_capacity, stream_names)
+        self.executor = ChunkExecutor(cfg.executor)
+        self.health = HealthMonitor(cfg.max_obs_age_s, cfg.log_throttle_s)
+        self.worker = InferenceWorker(policy_fn, self._newest_window, n_obs_steps=cfg.n_obs_steps,
+                                      dt=cfg.control_period)
+
+    def _newest_window(self):
+        return self.history.build_window(self.clock(), self.cfg.n_obs_steps, self.cfg.control_period,
+                                         self.cfg.max_obs_age_s)
+
+    # --- lifecycle ---
+    def start(self, example_obs: dict[str, np.ndarray] | None = None, warmup_iterations: int = 2) -> None:
+        if example_obs is not None:
+            self.worker.warmup(example_obs, warmup_iterations)
+        self.worker.start()
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        return self.worker.stop(timeout)
+
+    # --- services ---
+    def set_estop(self, text: str = 'emergency stop requested') -> None:
+        self.health.set_estop(text)
+
+    def clear_estop(self) -> None:
+        self.health.clear_estop()
+
+    def request_stop(self) -> None:
+        self.health.stop()
+
+    def request_start(self) -> None:
+        self.health.start()
+
+    # --- the timer ---
+    def tick(self, now: float) -> TickResult:
+        """Never blocks on inference: takes a finished chunk if there is one and wakes the worker."""
+        chunk = self.worker.take_chunk()
+        if chunk is not None:
+            self.executor.submit(chunk)
+        self.worker.notify()
+        measured = self.history.latest_joint_positions()
+        points = self.executor.plan(now)
+        no_chunk = None if points is not None else HoldReason(
+            HoldCode.NO_CHUNK, 'no executable action chunk (waiting for inference, or the last chunk '
+            'is used up or too old)', 'chunk')
+        faults = [measured if isinstance(measured, HoldReason) else None, self.worker.last_error, no_chunk]
+        verdict = self.health.update(now, self.history.latest_stamps(), faults)
+        if verdict.running:
+            points = clamp_trajectory(points, measured, self.cfg.control_period, self.limits)
+        else:
+            # The old plan no longer starts where the arm is; resume from fresh chunks only.
+            self.executor.reset()
+            points = None if isinstance(measured, HoldReason) else measured[None].copy()
+        return TickResult(verdict.state, verdict.reason, points, verdict.log_message)
+
+    def diagnostics(self, now: float) -> dict[str, str]:
+        """Key/values for a diagnostic_msgs/DiagnosticStatus."""
+        latency = self.worker.latency.summary()
+        stats = self.executor.stats
+        values = {
+            'state': self.health.state.value,
+            'reason': str(self.health.reason) if self.health.reason else '',
+            'inference_latency_p50_ms': f'{latency["p50"] * 1e3:.2f}',
+            'inference_latency_p99_ms': f'{latency["p99"] * 1e3:.2f}',
+            'inference_count': str(self.worker.stats.chunks_produced),
+            'inference_errors': str(self.worker.stats.errors),
+            'chunk_age_s': f'{stats.chunk_age:.3f}',
+            'dropped_actions': str(stats.dropped_actions),
+            'chunks_used': str(stats.chunks_used),
+            'chunks_skipped': str(stats.chunks_skipped),
+            'max_boundary_step': f'{stats.max_boundary_step:.4f}',
+        }
+        for stream, stamp in self.history.latest_stamps().items():
+            values[f'obs_age_s {stream}'] = 'never' if stamp is None else f'{now - stamp:.3f}'
+        for code, seconds in self.health.hold_seconds.items():
+            values[f'hold_s {code.name}'] = f'{seconds:.1f}'
+        return values

@@ -1,0 +1,160 @@
+"""A whole timer loop without ROS: fake clock, fake policy on the real worker thread."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from diffusion_policy_ros.control.chunks import ExecutorConfig
+from diffusion_policy_ros.control.controller import ControllerConfig, PolicyController
+from diffusion_policy_ros.control.health import HealthState, HoldCode
+from diffusion_policy_ros.control.limits import JointLimits
+
+DT = 0.1
+JOINTS = ('j1', 'j2')
+LIMITS = JointLimits(JOINTS, lower=[-1.0, -1.0], upper=[1.0, 1.0], max_velocity=[0.5, 0.5])
+WAIT = 10.0
+
+
+class FakePolicy:
+    """Moves every joint towards 0.8 along a ramp; if gated, each inference waits for one permit."""
+
+    n_obs_steps = 2
+    horizon = 16
+
+    def __init__(self, gated: bool = False) -> None:
+        self.gated = gated
+        self.permits = threading.Semaphore(0)
+        self.calls = 0
+        self.entered = threading.Event()
+
+    def predict_action_chunk(self, obs: dict) -> np.ndarray:
+        assert obs['cam'].shape == (2, 8, 8, 3) and obs['state'].shape == (2, 2)
+        self.entered.set()
+        if self.gated:
+            assert self.permits.acquire(timeout=WAIT)
+        self.calls += 1
+        start = obs['state'][-1].astype(float)
+        ramp = np.linspace(0.0, 1.0, self.horizon)[:, None]
+        return start + ramp * (0.8 - start)
+
+
+class Rig:
+    def __init__(self, policy: FakePolicy, **executor) -> None:
+        self.now = 10.0
+        self.position = np.zeros(2)
+        cfg = ControllerConfig(n_obs_steps=2, max_obs_age_s=0.5,
+                               executor=ExecutorConfig(control_period=DT, **executor))
+        self.controller = PolicyController(policy.predict_action_chunk, ['cam'], LIMITS, cfg,
+                                           clock=lambda: self.now,
+                                           stream_names={'cam': '/camera', 'joint_states': '/js'})
+
+    def publish(self, camera: bool = True) -> None:
+        if camera:
+            self.controller.history.push_image('cam', self.now, np.zeros((8, 8, 3), np.uint8))
+        self.controller.history.push_joint_state(self.now, ['j2', 'j1'], self.position[::-1])
+
+    def step(self, camera: bool = True, settle: bool = True):
+        """One period: new messages, a tick, then (settle) let the worker handle that tick's wake-up, so
+        the test runs the same on a fast or a loaded CPU."""
+        self.now = round(self.now + DT, 6)
+        self.publish(camera)
+        wakeups = self.controller.worker.stats.wakeups
+        result = self.controller.tick(self.now)
+        if result.points is not None:
+            self.position = result.points[0].copy()  # a perfect controller
+        if settle:
+            self.wait(lambda: self.controller.worker.stats.wakeups > wakeups)
+        return result
+
+    def wait(self, condition) -> None:
+        deadline = time.monotonic() + WAIT
+        while not condition():
+            assert time.monotonic() < deadline, 'the worker did not get there'
+            time.sleep(0.0005)
+
+
+def test_hold_until_data_and_chunk_then_run_within_limits():
+    rig = Rig(FakePolicy())
+    try:
+        first = rig.controller.tick(rig.now)
+        assert first.state is HealthState.HOLD and first.points is None  # nothing measured yet
+        rig.controller.start(example_obs={'cam': np.zeros((2, 8, 8, 3), np.uint8),
+                                          'state': np.zeros((2, 2), np.float32)})
+        result = rig.step()
+        assert result.reason.code in (HoldCode.NO_OBSERVATION, HoldCode.NO_CHUNK)
+        np.testing.assert_allclose(result.points, [[0.0, 0.0]])  # hold = the measured position
+        previous = rig.position.copy()
+        running = 0
+        for _ in range(30):
+            result = rig.step()
+            if result.state is HealthState.RUNNING:
+                running += 1
+                pts = np.vstack([previous, result.points])
+                assert np.all(np.abs(np.diff(pts, axis=0)) <= 0.5 * DT + 1e-9)
+                assert len(result.points) <= 8
+            previous = rig.position.copy()
+        assert running >= 20
+        assert rig.position == pytest.approx([0.8, 0.8], abs=0.2)
+        diag = rig.controller.diagnostics(rig.now)
+        assert diag['state'] == 'RUNNING' and float(diag['inference_latency_p50_ms']) > 0
+    finally:
+        assert rig.controller.shutdown()
+
+
+def test_slow_inference_keeps_ticking_and_drops_late_actions():
+    policy = FakePolicy(gated=True)
+    rig = Rig(policy, blending='none')
+    rig.publish()
+    rig.controller.start()
+    try:
+        rig.step(settle=False)  # the worker starts on the window at t=10.1 and gets stuck in the policy
+        assert policy.entered.wait(WAIT)
+        for _ in range(5):  # every tick still returns: a HOLD at the measured pose
+            result = rig.step(settle=False)
+            assert result.state is HealthState.HOLD and result.reason.code is HoldCode.NO_CHUNK
+        policy.permits.release()  # the chunk for the observation of 5 ticks ago arrives now
+        rig.wait(lambda: rig.controller.worker.stats.chunks_produced >= 1)
+        chunk = rig.controller.worker.latest_chunk()
+        assert chunk.obs_time == pytest.approx(10.1)
+        result = rig.step(settle=False)
+        assert result.state is HealthState.RUNNING
+        assert rig.controller.executor.current_chunk is chunk
+        assert rig.controller.executor.stats.dropped_actions == 6  # rows due 10.1 .. 10.6
+        # the first point is the row due now (row 1 + 6), only limited by the velocity clamp
+        due_now = chunk.actions[chunk.obs_row + 6]
+        step = np.clip(due_now - np.zeros(2), -0.5 * DT, 0.5 * DT)
+        np.testing.assert_allclose(result.points[0], step)
+    finally:
+        policy.permits.release(10)
+        assert rig.controller.shutdown()
+
+
+def test_estop_latches_and_camera_loss_holds_then_both_resume():
+    rig = Rig(FakePolicy())
+    rig.publish()
+    rig.controller.start()
+    try:
+        def run_until(state, camera=True, ticks=40):
+            for _ in range(ticks):
+                result = rig.step(camera)
+                if result.state is state:
+                    return result
+            raise AssertionError(f'never reached {state}')
+
+        run_until(HealthState.RUNNING)
+        rig.controller.set_estop()
+        held = rig.step()
+        assert held.reason.code is HoldCode.ESTOP and len(held.points) == 1
+        for _ in range(3):
+            assert rig.step().reason.code is HoldCode.ESTOP  # latched with good inputs
+        rig.controller.clear_estop()
+        run_until(HealthState.RUNNING)
+        camera_stopped = rig.now
+        stale = run_until(HealthState.HOLD, camera=False)
+        assert stale.reason.code is HoldCode.STALE_OBSERVATION and '/camera' in stale.reason.text
+        assert rig.now <= camera_stopped + 0.5 + DT + 1e-9
+        run_until(HealthState.RUNNING)
+        assert rig.controller.health.hold_seconds[HoldCode.ESTOP] > 0
+    finally:
+        assert rig.controller.shutdown()
