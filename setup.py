@@ -38,6 +38,8 @@ setup(
     entry_points={
         'console_scripts': [
             'dp-ros = diffusion_policy_ros.cli:main',
+            'policy_node = diffusion_policy_ros.nodes.policy_node:main',
+            'bringup = diffusion_policy_ros.nodes.bringup:main',
         ],
     },
 )

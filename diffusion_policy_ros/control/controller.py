@@ -33,7 +33,7 @@ class ControllerConfig:
 
 @dataclass(frozen=True)
 class TickResult:
-    """What to publish this tick: `points[k]` is due at now + k * period (`time_from_start` k * period).
+    """What to publish this tick: `points[k]` is due at now + (k + 1) * period (`time_from_start`).
 
     In HOLD, `points` is the measured position as a single point, or None when no joint state has been
     received yet (nothing safe to publish)."""
@@ -60,8 +60,13 @@ class PolicyController:
         self.history = ObservationHistory(camera_keys, limits.names, cfg.history_capacity, stream_names)
         self.executor = ChunkExecutor(cfg.executor)
         self.health = HealthMonitor(cfg.max_obs_age_s, cfg.log_throttle_s)
-        self.worker = InferenceWorker(policy_fn, self._newest_window, n_obs_steps=cfg.n_obs_steps,
-                                      dt=cfg.control_period)
+        self._policy_fn = policy_fn
+        self.worker = self._new_worker()
+        self._worker_used = False
+
+    def _new_worker(self) -> InferenceWorker:
+        return InferenceWorker(self._policy_fn, self._newest_window, n_obs_steps=self.cfg.n_obs_steps,
+                               dt=self.cfg.control_period)
 
     def _newest_window(self):
         return self.history.build_window(self.clock(), self.cfg.n_obs_steps, self.cfg.control_period,
@@ -69,9 +74,12 @@ class PolicyController:
 
     # --- lifecycle ---
     def start(self, example_obs: dict[str, np.ndarray] | None = None, warmup_iterations: int = 2) -> None:
+        if self._worker_used:  # a thread runs once: after shutdown (lifecycle deactivate) take a new one
+            self.worker = self._new_worker()
         if example_obs is not None:
             self.worker.warmup(example_obs, warmup_iterations)
         self.worker.start()
+        self._worker_used = True
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         return self.worker.stop(timeout)
@@ -90,8 +98,11 @@ class PolicyController:
         self.health.start()
 
     # --- the timer ---
-    def tick(self, now: float) -> TickResult:
-        """Never blocks on inference: takes a finished chunk if there is one and wakes the worker."""
+    def tick(self, now: float, input_faults: Sequence[HoldReason] = ()) -> TickResult:
+        """Never blocks on inference: takes a finished chunk if there is one and wakes the worker.
+
+        `input_faults` are problems the caller found while converting messages (an image it could not
+        decode, a malformed JointState): they hold the arm like any other fault."""
         chunk = self.worker.take_chunk()
         if chunk is not None:
             self.executor.submit(chunk)
@@ -101,10 +112,14 @@ class PolicyController:
         no_chunk = None if points is not None else HoldReason(
             HoldCode.NO_CHUNK, 'no executable action chunk (waiting for inference, or the last chunk '
             'is used up or too old)', 'chunk')
-        faults = [measured if isinstance(measured, HoldReason) else None, self.worker.last_error, no_chunk]
+        faults = [*input_faults, measured if isinstance(measured, HoldReason) else None,
+                  self.worker.last_error, no_chunk]
         verdict = self.health.update(now, self.history.latest_stamps(), faults)
         if verdict.running:
-            points = clamp_trajectory(points, measured, self.cfg.control_period, self.limits)
+            # Row 0 is due now, where the arm already is: command from the next row on (the last
+            # executable row alone when only it is left), limited from the measured position.
+            ahead = points[1:] if len(points) > 1 else points
+            points = clamp_trajectory(ahead, measured, self.cfg.control_period, self.limits)
         else:
             # The old plan no longer starts where the arm is; resume from fresh chunks only.
             self.executor.reset()

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import yaml
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
@@ -49,7 +50,11 @@ def declare_parameters(node: Node, cls: type[T], skip: tuple[str, ...] = ()) -> 
             node.declare_parameter(field.name, param_type, descriptor)
         else:
             node.declare_parameter(field.name, default, descriptor)
-        values[field.name] = _coerce(node.get_parameter(field.name).value, hints[field.name], field.name)
+        try:
+            value = node.get_parameter(field.name).value
+        except ParameterUninitializedException:  # an empty list declared by type and not overridden
+            value = None
+        values[field.name] = _coerce(value, hints[field.name], field.name)
     return cls(**values)
 
 

@@ -1,0 +1,377 @@
+"""`policy_node`: cameras + joint states in, JointTrajectory out at the control rate.
+
+A thin rclpy adapter (a LifecycleNode) over the ROS-free pieces: the observation history, the health
+monitor, the inference worker thread and the chunk executor live in `diffusion_policy_ros.control`,
+the policy in `diffusion_policy_ros.core`, image decoding in `diffusion_policy_ros.data.image_codec`.
+Threads: subscriptions and services run on the executor, the timer only reads what the worker left in
+its slot, and DDIM runs on the worker thread, so the timer never waits for inference.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from diffusion_policy_ros.control.chunks import BLENDING_MODES, ExecutorConfig
+from diffusion_policy_ros.control.controller import ControllerConfig, PolicyController
+from diffusion_policy_ros.control.health import HoldCode, HoldReason
+from diffusion_policy_ros.control.limits import JointLimits
+from diffusion_policy_ros.data.image_codec import ImageDecodeError, message_to_rgb8, prepare_model_image
+from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
+from diffusion_policy_ros.nodes.params import declare_parameters
+from diffusion_policy_ros.robot_description import PANDA_JOINTS, panda_description
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class PolicyNodeParams:
+    """All parameters of policy_node (config/policy.yaml mirrors these names)."""
+
+    checkpoint: str = field(default='models/pick_place', metadata={
+        'help': 'checkpoint directory (or its config.json / model.safetensors); relative paths are '
+                'tried against the working directory, then the package share directory'})
+    device: str = field(default='auto', metadata={'help': 'auto | cuda | cpu'})
+    camera_topics: list[str] = field(default_factory=lambda: ['/camera/color/image_raw'], metadata={
+        'help': "image topics, mapped in order to the checkpoint's camera keys"})
+    joint_states_topic: str = '/joint_states'
+    output_topic: str = '/arm_controller/joint_trajectory'
+    control_rate_hz: float = 10.0
+    num_inference_steps: int = field(default=10, metadata={'help': 'DDIM steps per chunk'})
+    n_action_steps: int = field(default=0, metadata={'help': "actions executed per chunk; 0 = the checkpoint's"})
+    max_obs_age_s: float = 0.5
+    blending: str = field(default='temporal_ensemble', metadata={'help': 'none | temporal_ensemble | crossfade'})
+    crossfade_steps: int = 3
+    ensemble_decay: float = 0.01
+    joint_names: list[str] = field(default_factory=list, metadata={
+        'help': "names of the commanded joints; empty = the checkpoint's; must be the checkpoint's joints"})
+    position_lower: list[float] = field(default_factory=list)
+    position_upper: list[float] = field(default_factory=list)
+    max_velocity: list[float] = field(default_factory=list)
+    robot_description: str = field(default='', metadata={
+        'help': 'URDF (XML) to read joint limits from when position_lower/upper/max_velocity are empty'})
+    velocity_scale: float = field(default=1.0, metadata={'help': 'fraction of the velocity limits used'})
+    autostart: bool = field(default=True, metadata={'help': 'configure and activate on start-up'})
+    accelerate: str = field(default='none', metadata={'help': 'none | torch_compile | cuda_graphs (GPU)'})
+    inference_delay_s: float = field(default=0.0, metadata={
+        'help': 'extra latency injected into every inference (testing latency compensation)'})
+    diagnostics_rate_hz: float = 1.0
+    seed: int = 0
+
+
+PARAMS = PolicyNodeParams  # what bring-up and the params-file test read
+
+
+def resolve_checkpoint(path: str) -> Path:
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    from diffusion_policy_ros.nodes.bringup import share_dir
+    return share_dir() / p
+
+
+def pick_device(requested: str) -> str:
+    import torch
+    if requested == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if requested not in ('cpu', 'cuda') and not requested.startswith('cuda:'):
+        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+    if requested.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'device {requested!r} requested but CUDA is not available')
+    return requested
+
+
+def joint_limits_for(params: PolicyNodeParams, joint_names: list[str]) -> JointLimits:
+    """Limits from the params file, else from a URDF robot_description, else the bundled Panda's."""
+    if params.position_lower or params.position_upper or params.max_velocity:
+        return JointLimits.from_params({'joint_names': joint_names, 'lower': params.position_lower,
+                                        'upper': params.position_upper, 'max_velocity': params.max_velocity})
+    if params.robot_description:
+        return JointLimits.from_urdf(params.robot_description, joint_names)
+    if set(joint_names) <= set(PANDA_JOINTS):
+        return JointLimits.from_urdf(panda_description().urdf_text(), joint_names)
+    raise ValueError('no joint limits: set position_lower/position_upper/max_velocity or robot_description')
+
+
+class PolicyNode(LifecycleNode):
+    """ROS plumbing around `PolicyController`: subscriptions feed its history, a timer ticks it."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__('policy_node', **kwargs)
+        self.params = declare_parameters(self, PolicyNodeParams)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._io_group = MutuallyExclusiveCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._subs: list = []
+        self._pub = None
+        self._timers: list = []
+        self.controller: PolicyController | None = None
+        self._policy = None
+        self.device = 'cpu'
+        # Faults found while converting messages, by topic; cleared by the next good message there.
+        self._input_faults: dict[str, HoldReason] = {}
+        self._faults_lock = threading.Lock()
+        self._published = 0
+        self._publish_times: list[float] = []
+        services = ReentrantCallbackGroup()
+        self.create_service(SetBool, '~/estop', self._on_estop, callback_group=services)
+        self.create_service(Trigger, '~/start', self._on_start, callback_group=services)
+        self.create_service(Trigger, '~/stop', self._on_stop, callback_group=services)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as err:  # noqa: BLE001 - any configuration problem fails the transition with its text
+            self.get_logger().error(f'configure failed: {err}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        from diffusion_policy_ros.core.checkpoint import load_checkpoint
+        p = self.params
+        if p.blending not in BLENDING_MODES:
+            raise ValueError(f'blending must be one of {BLENDING_MODES}, got {p.blending!r}')
+        if p.control_rate_hz <= 0:
+            raise ValueError(f'control_rate_hz must be > 0, got {p.control_rate_hz}')
+        self.device = pick_device(p.device)
+        path = resolve_checkpoint(p.checkpoint)
+        self._policy = load_checkpoint(path, device=self.device)
+        cfg, obs_spec = self._policy.cfg, self._policy.obs_spec
+        joints = list(self._policy.action_spec.joint_names)
+        if len(p.camera_topics) != len(obs_spec.camera_keys):
+            raise ValueError(f'camera_topics has {len(p.camera_topics)} topics {p.camera_topics} but the '
+                             f'checkpoint {path} expects {len(obs_spec.camera_keys)} cameras {obs_spec.camera_keys}')
+        if p.joint_names and sorted(p.joint_names) != sorted(joints):
+            unknown = [n for n in p.joint_names if n not in joints]
+            missing = [n for n in joints if n not in p.joint_names]
+            raise ValueError(f'joint_names do not fit the checkpoint {path}: unknown {unknown}, '
+                             f'missing {missing} (checkpoint joints {joints})')
+        if obs_spec.joint_names and list(obs_spec.joint_names) != joints:
+            raise ValueError(f'checkpoint {path} observes joints {obs_spec.joint_names} but commands '
+                             f'{joints}: the node needs them to be the same joints')
+        limits = joint_limits_for(p, joints)
+        if p.velocity_scale != 1.0:
+            limits = limits.scaled(p.velocity_scale)
+        self.period = 1.0 / p.control_rate_hz
+        self.image_shape = tuple(obs_spec.image_shape)
+        executor_cfg = ExecutorConfig(control_period=self.period,
+                                      n_action_steps=p.n_action_steps or cfg.n_action_steps,
+                                      blending=p.blending, crossfade_steps=p.crossfade_steps,
+                                      ensemble_decay=p.ensemble_decay)
+        topic_of = dict(zip(obs_spec.camera_keys, p.camera_topics))
+        self.controller = PolicyController(
+            self._infer, list(obs_spec.camera_keys), limits,
+            ControllerConfig(n_obs_steps=cfg.n_obs_steps, max_obs_age_s=p.max_obs_age_s, executor=executor_cfg),
+            clock=self._now, stream_names={**topic_of, 'joint_states': p.joint_states_topic})
+        with self._faults_lock:
+            self._input_faults = {}
+        for key, topic in topic_of.items():
+            self._subs.append(self.create_subscription(
+                Image, topic, lambda msg, k=key, t=topic: self._on_image(msg, k, t),
+                qos_profile_sensor_data, callback_group=self._io_group))
+        self._subs.append(self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state,
+                                                   qos_profile_sensor_data, callback_group=self._io_group))
+        self._pub = self.create_publisher(JointTrajectory, p.output_topic, 10)
+        self.get_logger().info(
+            f'configured: checkpoint {path} ({cfg.policy}/{cfg.denoiser}) on {self.device}; cameras '
+            f'{topic_of}; joints {joints}; {p.control_rate_hz:g} Hz to {p.output_topic}; DDIM '
+            f'{p.num_inference_steps} steps, {executor_cfg.n_action_steps} actions per chunk, '
+            f'blending {p.blending}')
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.controller.start(self._example_observation())
+        except Exception as err:  # noqa: BLE001
+            self.get_logger().error(f'activate failed: warm-up inference raised {err!r}')
+            return TransitionCallbackReturn.FAILURE
+        self._timers = [
+            self.create_timer(self.period, self._tick, callback_group=self._timer_group),
+            self.create_timer(1.0 / self.params.diagnostics_rate_hz, self._publish_diagnostics,
+                              callback_group=self._timer_group)]
+        latency = self.controller.worker.latency.summary()
+        self.get_logger().info(f'active: warm-up done, inference p50 {1000 * latency["p50"]:.1f} ms')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_loop()
+        self.get_logger().info('deactivated: no more commands are published')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_loop(self) -> None:
+        for timer in self._timers:
+            self.destroy_timer(timer)
+        self._timers = []
+        if self.controller is not None:
+            self.controller.shutdown()
+            self.controller.executor.reset()
+
+    def _release(self) -> None:
+        self._stop_loop()
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._pub is not None:
+            self.destroy_publisher(self._pub)
+            self._pub = None
+        self.controller = None
+        self._policy = None
+
+    # ------------------------------------------------------------------ inputs
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _stamp_of(self, msg) -> float:
+        stamp = stamp_to_seconds(msg.header.stamp)
+        return stamp if stamp > 0 else self._now()  # an unstamped message counts as received now
+
+    def _set_fault(self, topic: str, fault: HoldReason | None) -> None:
+        with self._faults_lock:
+            if fault is None:
+                self._input_faults.pop(topic, None)
+            else:
+                self._input_faults[topic] = fault
+
+    def _on_image(self, msg: Image, key: str, topic: str) -> None:
+        try:
+            image = prepare_model_image(message_to_rgb8(msg, topic=topic), self.image_shape)
+        except (ImageDecodeError, ValueError) as err:
+            self._set_fault(topic, HoldReason(HoldCode.BAD_IMAGE, str(err), topic))
+            return
+        self._set_fault(topic, None)
+        self.controller.history.push_image(key, self._stamp_of(msg), image)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        topic = self.params.joint_states_topic
+        try:
+            self.controller.history.push_joint_state(self._stamp_of(msg), list(msg.name), list(msg.position))
+        except ValueError as err:  # names and positions of different lengths
+            self._set_fault(topic, HoldReason(HoldCode.MISSING_JOINT, f'malformed JointState: {err}', topic))
+            return
+        self._set_fault(topic, None)
+
+    # ------------------------------------------------------------------ inference (worker thread)
+    def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.params.inference_delay_s > 0:
+            time.sleep(self.params.inference_delay_s)
+        return self._policy.predict_action_chunk(obs, num_inference_steps=self.params.num_inference_steps)
+
+    def _example_observation(self) -> dict[str, np.ndarray]:
+        h, w = self.image_shape
+        n_obs = self.controller.cfg.n_obs_steps
+        obs = {key: np.zeros((n_obs, h, w, 3), np.uint8) for key in self.controller.history.camera_keys}
+        limits = self.controller.limits
+        middle = np.where(np.isfinite(limits.lower + limits.upper), (limits.lower + limits.upper) / 2, 0.0)
+        obs['state'] = np.tile(middle[None], (n_obs, 1)).astype(np.float32)
+        return obs
+
+    # ------------------------------------------------------------------ the control tick
+    def _tick(self) -> None:
+        with self._faults_lock:
+            faults = list(self._input_faults.values())
+        try:
+            result = self.controller.tick(self._now(), faults)
+        except Exception as err:  # noqa: BLE001 - a bug in one tick must not take the node down
+            self.get_logger().error(f'control tick failed, publishing nothing this tick: {err!r}',
+                                    throttle_duration_sec=5.0)
+            return
+        if result.log_message and result.reason is None:
+            self.get_logger().info(result.log_message)
+        elif result.log_message:
+            self.get_logger().warning(result.log_message)
+        if result.points is not None:
+            self._publish(result.points)
+
+    def _publish(self, points: np.ndarray) -> None:
+        msg = make_joint_trajectory(self.controller.limits.names, points, self.period,
+                                    self.get_clock().now().to_msg())
+        self._pub.publish(msg)
+        self._published += 1
+        self._publish_times.append(time.monotonic())
+        del self._publish_times[:-200]
+
+    # ------------------------------------------------------------------ services and diagnostics
+    def _latch(self, response, action, ok_text: str):
+        if self.controller is None:
+            response.success, response.message = False, 'not configured'
+        else:
+            action()
+            response.success, response.message = True, ok_text
+        return response
+
+    def _on_estop(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        if request.data:
+            return self._latch(response, lambda: self.controller.set_estop('emergency stop latched by ~/estop'),
+                               'estop latched: holding position')
+        return self._latch(response, lambda: self.controller.clear_estop(), 'estop cleared')
+
+    def _on_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        return self._latch(response, lambda: self.controller.request_start(), 'started')
+
+    def _on_stop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        return self._latch(response, lambda: self.controller.request_stop(), 'stopped: holding position')
+
+    def _publish_diagnostics(self) -> None:
+        if self.controller is None:
+            return
+        values = self.controller.diagnostics(self._now())
+        periods = np.diff(self._publish_times)
+        values.update({'device': self.device, 'published': str(self._published),
+                       'publish_period_mean_s': f'{periods.mean():.4f}' if periods.size else 'nan'})
+        reason = self.controller.health.reason
+        status = DiagnosticStatus(name=f'{self.get_name()}: policy', hardware_id=self.device)
+        status.level = DiagnosticStatus.OK if reason is None else DiagnosticStatus.WARN
+        status.message = 'RUNNING' if reason is None else f'HOLD: {reason}'
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node = PolicyNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        if node.params.autostart:
+            node.trigger_configure()
+            if node._state_machine.current_state[1] != 'inactive':
+                node.get_logger().error('autostart: configure failed; waiting for lifecycle transitions')
+            else:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._release()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Simulated Panda + policy + collision guard: `ros2 launch diffusion_policy_ros sim.launch.py`.
+
+Reads config/sim.yaml, the same file `bringup --config config/sim.yaml` (and `make demo`) use.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description():
+    share = get_package_share_directory('diffusion_policy_ros')
+    config = os.path.join(share, 'config')
+    sim_params = LaunchConfiguration('sim_params')
+    return LaunchDescription([
+        DeclareLaunchArgument('sim_params', default_value=os.path.join(config, 'sim.yaml')),
+        Node(package='diffusion_policy_ros', executable='sim_robot_node', name='sim_robot_node',
+             output='screen', parameters=[sim_params]),
+        Node(package='diffusion_policy_ros', executable='collision_guard_node', name='collision_guard_node',
+             output='screen', parameters=[os.path.join(config, 'collision_guard.yaml'), sim_params]),
+        Node(package='diffusion_policy_ros', executable='policy_node', name='policy_node', output='screen',
+             parameters=[os.path.join(config, 'policy.yaml'), sim_params]),
+    ])
