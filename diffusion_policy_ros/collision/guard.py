@@ -1,0 +1,251 @@
+"""The collision guard's decisions, free of ROS: what to send the arm for each proposed chunk.
+
+The node converts messages to `TrajectoryChunk`s and a {joint: position} measured state, calls
+`review`, and publishes `decision.trajectory`. Keeping the logic here makes it testable without DDS
+and identical for the embedded and the MoveIt backends.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .checker import DEFAULT_MAX_JOINT_STEP, PathResult, StateResult
+from .planner import Plan, PlanningFailed
+
+ACTIONS = ('pass', 'replace', 'hold', 'reject')
+
+
+class StateChecker(Protocol):
+    """What the guard needs from a checker (embedded CollisionChecker or MoveItChecker)."""
+
+    joint_names: tuple[str, ...]
+
+    def check_state(self, q: Mapping[str, float] | np.ndarray) -> StateResult: ...
+
+    def check_path(self, start: np.ndarray, waypoints: np.ndarray,
+                   max_joint_step: float = DEFAULT_MAX_JOINT_STEP) -> PathResult: ...
+
+
+class MotionPlanner(Protocol):
+    def plan_fallback(self, start: np.ndarray, waypoints: np.ndarray, path_result: PathResult,
+                      planned_joints: Sequence[str] | None = None) -> Plan | PlanningFailed: ...
+
+
+@dataclass(frozen=True)
+class TrajectoryChunk:
+    """A joint trajectory: positions (K, J) for `joint_names`, reached at `time_from_start` (K,) s."""
+
+    joint_names: tuple[str, ...]
+    positions: np.ndarray
+    time_from_start: np.ndarray
+
+
+@dataclass(frozen=True)
+class ReviewStats:
+    check_time_s: float = 0.0
+    checked_states: int = 0
+    first_colliding_index: int | None = None
+    colliding_pair: tuple[str, str] | None = None
+    planning_time_s: float | None = None
+    goal_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class GuardDecision:
+    action: str  # pass | replace | hold | reject
+    trajectory: TrajectoryChunk | None  # what to publish; None only when no measured state is known
+    reason: str
+    stats: ReviewStats = field(default_factory=ReviewStats)
+
+
+@dataclass
+class GuardCounters:
+    """Running totals for /diagnostics."""
+
+    chunks_reviewed: int = 0
+    chunks_passed: int = 0
+    chunks_blocked: int = 0
+    chunks_rejected: int = 0
+    fallbacks_planned: int = 0
+    planning_failures: int = 0
+    holds: int = 0
+    check_latency_s: deque = field(default_factory=lambda: deque(maxlen=1000))
+    planning_time_s: deque = field(default_factory=lambda: deque(maxlen=200))
+
+    @staticmethod
+    def percentile(values: deque, q: float) -> float | None:
+        return float(np.percentile(np.fromiter(values, float), q)) if values else None
+
+
+@dataclass
+class _ActiveFallback:
+    chunk: TrajectoryChunk  # the plan, as sent
+    started_s: float
+
+
+class CollisionGuard:
+    """Passes free chunks unchanged, replaces colliding ones with a fallback plan, holds otherwise.
+
+    While a fallback runs, each new chunk is checked: a free one takes over at once; a colliding one
+    lets the running fallback continue (its remainder re-checked against the current scene).
+    """
+
+    def __init__(self, checker: StateChecker, planner: MotionPlanner, *,
+                 max_joint_step: float = DEFAULT_MAX_JOINT_STEP, hold_time_s: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.checker = checker
+        self.planner = planner
+        self.max_joint_step = max_joint_step
+        self.hold_time_s = hold_time_s
+        self.clock = clock
+        self.counters = GuardCounters()
+        self._fallback: _ActiveFallback | None = None
+
+    @property
+    def fallback_active(self) -> bool:
+        return self._fallback is not None
+
+    def review(self, measured: Mapping[str, float], chunk: TrajectoryChunk,
+               now_s: float | None = None) -> GuardDecision:
+        now_s = self.clock() if now_s is None else now_s
+        self.counters.chunks_reviewed += 1
+        problem = _malformed(chunk, self.checker.joint_names)
+        start = None
+        if problem is None:
+            start, problem = self._measured_configuration(measured)
+        if problem is not None:
+            self.counters.chunks_rejected += 1
+            return GuardDecision('reject', self._hold(measured, chunk.joint_names), f'rejected: {problem}')
+
+        names = tuple(chunk.joint_names)
+        columns = _joint_columns(self.checker.joint_names, names)
+        waypoints = np.repeat(start[None], len(chunk.positions), axis=0)
+        waypoints[:, columns] = chunk.positions
+        began = time.perf_counter()
+        result = self.checker.check_path(start, waypoints, self.max_joint_step)
+        check_time = time.perf_counter() - began
+        self.counters.check_latency_s.append(check_time)
+        stats = ReviewStats(check_time, result.checked_states, result.first_colliding_index,
+                            result.colliding_pair)
+
+        if result.valid:
+            took_over = self._fallback is not None
+            self._fallback = None
+            self.counters.chunks_passed += 1
+            return GuardDecision('pass', chunk, 'free; takes over from the fallback' if took_over else 'free',
+                                 stats)
+
+        self.counters.chunks_blocked += 1
+        continued = self._continue_fallback(start, columns, names, now_s)
+        if continued is not None:
+            return GuardDecision('replace', continued, f'{result.reason}; fallback continues', stats)
+        if result.first_colliding_index == -1:
+            self.counters.holds += 1
+            return GuardDecision('hold', self._hold(measured, names),
+                                 f'measured state is invalid ({result.reason}); holding', stats)
+
+        plan = self.planner.plan_fallback(start, waypoints, result, planned_joints=names)
+        stats = ReviewStats(check_time, result.checked_states, result.first_colliding_index,
+                            result.colliding_pair, plan.planning_time_s, plan.goal_kind)
+        self.counters.planning_time_s.append(plan.planning_time_s)
+        if isinstance(plan, PlanningFailed):
+            self.counters.planning_failures += 1
+            self.counters.holds += 1
+            return GuardDecision('hold', self._hold(measured, names),
+                                 f'{result.reason}; no fallback: {plan.reason}; holding', stats)
+        if len(plan.points) < 2:
+            self.counters.holds += 1
+            return GuardDecision('hold', self._hold(measured, names),
+                                 f'{result.reason}; the last safe point is the current state; holding', stats)
+        self.counters.fallbacks_planned += 1
+        times = plan.times.copy()
+        times[0] = 0.0
+        replacement = TrajectoryChunk(names, plan.points[:, columns], times)
+        self._fallback = _ActiveFallback(replacement, now_s)
+        return GuardDecision('replace', replacement,
+                             f'{result.reason}; replaced by a fallback to the {plan.goal_kind.replace("_", " ")}',
+                             stats)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _measured_configuration(self, measured: Mapping[str, float]) -> tuple[np.ndarray | None, str | None]:
+        missing = [n for n in self.checker.joint_names if n not in measured]
+        if missing:
+            return None, f'measured joint state lacks {missing}'
+        q = np.array([float(measured[n]) for n in self.checker.joint_names])
+        if not np.isfinite(q).all():
+            return None, 'measured joint state has NaN or infinite positions'
+        return q, None
+
+    def _continue_fallback(self, start: np.ndarray, columns: np.ndarray, names: tuple[str, ...],
+                           now_s: float) -> TrajectoryChunk | None:
+        """The running fallback's remainder from now, when one runs for the same joints and is still free."""
+        active = self._fallback
+        if active is None:
+            return None
+        elapsed = now_s - active.started_s
+        times = active.chunk.time_from_start
+        if active.chunk.joint_names != names or elapsed >= times[-1]:
+            self._fallback = None
+            return None
+        remaining = times > elapsed
+        waypoints = np.repeat(start[None], int(remaining.sum()), axis=0)
+        waypoints[:, columns] = active.chunk.positions[remaining]
+        if not self.checker.check_path(start, waypoints, self.max_joint_step).valid:
+            self._fallback = None
+            return None
+        return TrajectoryChunk(names, active.chunk.positions[remaining], times[remaining] - elapsed)
+
+    def _hold(self, measured: Mapping[str, float], names: Sequence[str]) -> TrajectoryChunk | None:
+        """One point at the measured position of the commanded joints: the controller stops there."""
+        self._fallback = None
+        try:
+            position = np.array([[float(measured[n]) for n in names]])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not np.isfinite(position).all():
+            return None
+        return TrajectoryChunk(tuple(names), position, np.array([self.hold_time_s]))
+
+
+def _joint_columns(model_names: Sequence[str], chunk_names: Sequence[str]) -> np.ndarray:
+    index = {n: i for i, n in enumerate(model_names)}
+    return np.array([index[n] for n in chunk_names], dtype=int)
+
+
+def _malformed(chunk: TrajectoryChunk, model_names: Sequence[str]) -> str | None:
+    """Why the chunk cannot be checked, or None when it is well formed."""
+    names = list(chunk.joint_names)
+    if not names:
+        return 'trajectory names no joints'
+    unknown = [n for n in names if n not in model_names]
+    if unknown:
+        return f'joint(s) {unknown} are not in the robot model {list(model_names)}'
+    if len(set(names)) != len(names):
+        return f'duplicate joint names {names}'
+    try:
+        positions = np.asarray(chunk.positions, dtype=float)
+        times = np.asarray(chunk.time_from_start, dtype=float)
+    except (TypeError, ValueError) as err:
+        return f'positions/time_from_start are not numeric: {err}'
+    if positions.ndim != 2 or positions.shape[0] == 0:
+        return f'trajectory is empty (positions shape {positions.shape})'
+    if positions.shape[1] != len(names):
+        return f'points have {positions.shape[1]} positions for {len(names)} joint names'
+    if times.shape != (positions.shape[0],):
+        return f'{times.size} time_from_start values for {positions.shape[0]} points'
+    if not np.isfinite(positions).all():
+        row, col = np.argwhere(~np.isfinite(positions))[0]
+        return f'point {row} has a non-finite position for {names[col]}'
+    if not np.isfinite(times).all() or (times < 0).any():
+        return 'time_from_start has negative or non-finite values'
+    if len(times) > 1 and not (np.diff(times) > 0).all():
+        k = int(np.flatnonzero(np.diff(times) <= 0)[0]) + 1
+        return (f'time_from_start is not strictly increasing at point {k} '
+                f'({times[k - 1]:.3f} s then {times[k]:.3f} s)')
+    return None

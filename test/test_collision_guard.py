@@ -1,0 +1,262 @@
+"""The guard's decisions, backend selection and the params file."""
+import sys
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from diffusion_policy_ros.collision import moveit_backend
+from diffusion_policy_ros.collision.checker import CollisionChecker
+from diffusion_policy_ros.collision.config import CollisionGuardConfig
+from diffusion_policy_ros.collision.guard import CollisionGuard, TrajectoryChunk
+from diffusion_policy_ros.collision.moveit_backend import select_backend
+from diffusion_policy_ros.collision.planner import FallbackPlanner, MotionLimits, PlanningFailed
+from diffusion_policy_ros.collision.robot_model import RobotModel
+from diffusion_policy_ros.collision.scene import Scene, SceneObject
+from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS, panda_description
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME = np.array(PANDA_HOME)
+MEASURED = dict(zip(PANDA_JOINTS, PANDA_HOME))
+QUARTER_TURN = HOME + np.eye(8)[0] * 1.57
+BOX = SceneObject('box', 'box', (0.1, 0.1, 0.3), (0.25, 0.25, 0.5))
+
+
+@pytest.fixture(scope='module')
+def panda():
+    description = panda_description()
+    return RobotModel.from_urdf(description.urdf_text(), description.srdf_text())
+
+
+def make_guard(panda, objects=(BOX,), planner=None):
+    checker = CollisionChecker(panda, Scene(objects), padding=0.01)
+    if planner is None:
+        planner = FallbackPlanner(checker, MotionLimits.from_model(panda), time_budget_s=1.0,
+                                  control_period=0.1, seed=3)
+    return CollisionGuard(checker, planner)
+
+
+def chunk_towards(goal, start=HOME, points=16, names=PANDA_JOINTS):
+    positions = np.linspace(start, goal, points + 1)[1:]
+    columns = [PANDA_JOINTS.index(n) for n in names]
+    return TrajectoryChunk(tuple(names), positions[:, columns], np.arange(1, points + 1) * 0.1)
+
+
+def nan_at(point, joint):
+    positions = np.tile(HOME, (2, 1))
+    positions[point, joint] = np.nan
+    return positions
+
+
+def small_motion():
+    goal = HOME.copy()
+    goal[[0, 3]] += (-0.3, 0.2)  # away from the box
+    return chunk_towards(goal)
+
+
+def test_free_chunk_passes_unchanged(panda):
+    guard = make_guard(panda)
+    chunk = small_motion()
+    decision = guard.review(MEASURED, chunk, now_s=0.0)
+    assert decision.action == 'pass' and decision.trajectory is chunk
+    assert decision.stats.checked_states > 16 and decision.stats.first_colliding_index is None
+    assert guard.counters.chunks_passed == 1 and len(guard.counters.check_latency_s) == 1
+
+
+def test_colliding_chunk_is_never_passed_and_fallback_runs_until_a_free_chunk_takes_over(panda):
+    guard = make_guard(panda)
+    blocked = chunk_towards(QUARTER_TURN)
+    first = guard.review(MEASURED, blocked, now_s=10.0)
+    assert first.action == 'replace' and guard.fallback_active
+    plan = first.trajectory
+
+    # Half a second later the policy proposes the same colliding motion from where the arm now is:
+    # the running fallback continues, re-timed from now, instead of a new plan.
+    k = 5
+    measured = dict(zip(PANDA_JOINTS, plan.positions[k]))
+    again = guard.review(measured, chunk_towards(QUARTER_TURN, start=plan.positions[k]), now_s=10.0 + 0.5)
+    assert again.action == 'replace' and 'continues' in again.reason
+    np.testing.assert_allclose(again.trajectory.positions, plan.positions[k + 1:])
+    np.testing.assert_allclose(again.trajectory.time_from_start, plan.time_from_start[k + 1:] - 0.5)
+    assert guard.counters.fallbacks_planned == 1
+
+    # A free chunk takes over at once.
+    free = chunk_towards(plan.positions[k] + np.eye(8)[6] * 0.1, start=plan.positions[k])
+    taken = guard.review(measured, free, now_s=10.6)
+    assert taken.action == 'pass' and taken.trajectory is free and 'takes over' in taken.reason
+    assert not guard.fallback_active
+
+
+def test_joint_limit_violating_chunk_is_not_passed(panda):
+    guard = make_guard(panda, objects=())
+    goal = HOME.copy()
+    goal[3] = 0.3  # panda_joint4 above its upper limit (-0.0698)
+    decision = guard.review(MEASURED, chunk_towards(goal), now_s=0.0)
+    assert decision.action == 'replace'
+    assert 'panda_joint4' in decision.reason and decision.stats.goal_kind == 'last_safe_point'
+    assert (decision.trajectory.positions[:, 3] <= panda.limits.upper[3] + 1e-3).all()
+
+
+def test_no_plan_within_the_budget_holds_position(panda):
+    class NoPlan:
+        def plan_fallback(self, start, waypoints, path_result, planned_joints=None):
+            return PlanningFailed('no collision-free path found within 0.100 s', 0.1, 'policy_goal')
+
+    guard = make_guard(panda, planner=NoPlan())
+    decision = guard.review(MEASURED, chunk_towards(QUARTER_TURN), now_s=0.0)
+    assert decision.action == 'hold' and 'no collision-free path' in decision.reason
+    np.testing.assert_array_equal(decision.trajectory.positions, HOME[None])
+    assert decision.trajectory.joint_names == PANDA_JOINTS
+    assert guard.counters.planning_failures == 1 and guard.counters.holds == 1
+
+
+def test_measured_state_in_collision_holds(panda):
+    folded = dict(zip(PANDA_JOINTS, (0.0, 1.7, 0.0, -3.0, 0.0, 1.5, 0.785, 0.04)))
+    decision = make_guard(panda).review(folded, small_motion(), now_s=0.0)
+    assert decision.action == 'hold' and 'measured state' in decision.reason
+
+
+@pytest.mark.parametrize('chunk, expected', [
+    (TrajectoryChunk(('panda_joint1', 'elbow'), np.zeros((2, 2)), np.array([0.1, 0.2])), 'elbow'),
+    (TrajectoryChunk(PANDA_JOINTS, np.zeros((0, 8)), np.zeros(0)), 'empty'),
+    (TrajectoryChunk(PANDA_JOINTS, nan_at(point=1, joint=1), np.array([0.1, 0.2])),
+     'point 1 has a non-finite position for panda_joint2'),
+    (TrajectoryChunk(PANDA_JOINTS, np.tile(HOME, (3, 1)), np.array([0.1, 0.3, 0.3])), 'strictly increasing'),
+    (TrajectoryChunk(PANDA_JOINTS, np.tile(HOME, (2, 1)), np.array([0.1])), 'time_from_start'),
+    (TrajectoryChunk(PANDA_JOINTS, np.tile(HOME[:7], (2, 1)), np.array([0.1, 0.2])), '7 positions'),
+    (TrajectoryChunk(('panda_joint1', 'panda_joint1'), np.zeros((1, 2)), np.array([0.1])), 'duplicate'),
+    (TrajectoryChunk((), np.zeros((1, 0)), np.array([0.1])), 'no joints'),
+])
+def test_malformed_chunks_are_rejected_with_a_reason_and_the_arm_holds(panda, chunk, expected):
+    guard = make_guard(panda)
+    decision = guard.review(MEASURED, chunk, now_s=0.0)
+    assert decision.action == 'reject' and expected in decision.reason
+    assert guard.counters.chunks_rejected == 1 and guard.counters.chunks_passed == 0
+    if decision.trajectory is not None:  # a hold at the measured position of the named joints
+        assert len(decision.trajectory.positions) == 1
+    # The guard keeps working after a bad chunk.
+    assert guard.review(MEASURED, small_motion(), now_s=1.0).action == 'pass'
+
+
+def test_incomplete_measured_state_is_rejected(panda):
+    decision = make_guard(panda).review({'panda_joint1': 0.0}, small_motion(), now_s=0.0)
+    assert decision.action == 'reject' and 'panda_joint2' in decision.reason
+
+
+def test_auto_backend_falls_back_to_embedded_without_moveit(panda):
+    config = CollisionGuardConfig(backend='auto', scene_objects=(BOX,))
+    backend, message = select_backend('auto', panda, config, client_factory=lambda srv, name: None)
+    assert backend.name == 'embedded' and isinstance(backend.checker, CollisionChecker)
+    assert 'embedded' in message and 'moveit_msgs is not installed' in message
+    assert not backend.checker.check_state(QUARTER_TURN - np.eye(8)[0] * 0.785).valid  # the box is there
+    assert select_backend('embedded', panda, config)[0].name == 'embedded'
+    with pytest.raises(RuntimeError, match='moveit_msgs'):
+        select_backend('moveit', panda, config)
+    with pytest.raises(ValueError, match="'ompl'"):
+        select_backend('ompl', panda, config)
+
+
+class _Msg(SimpleNamespace):
+    """A stand-in for ROS messages: attributes with defaults, nested messages built on access."""
+
+
+def _fake_moveit_msgs():
+    def joint_state():
+        return _Msg(name=[], position=[])
+
+    def robot_state():
+        return _Msg(joint_state=joint_state())
+
+    class GetStateValidity:
+        @staticmethod
+        def Request():  # noqa: N802 (ROS naming)
+            return _Msg(group_name='', robot_state=robot_state())
+
+    class GetMotionPlan:
+        @staticmethod
+        def Request():  # noqa: N802
+            return _Msg(motion_plan_request=_Msg(group_name='', planner_id='', allowed_planning_time=0.0,
+                                                 num_planning_attempts=0, max_velocity_scaling_factor=0.0,
+                                                 max_acceleration_scaling_factor=0.0,
+                                                 start_state=robot_state(), goal_constraints=[]))
+
+    msgs = types.ModuleType('moveit_msgs.msg')
+    msgs.Constraints = lambda: _Msg(joint_constraints=[])
+    msgs.JointConstraint = lambda: _Msg()
+    srv = types.ModuleType('moveit_msgs.srv')
+    srv.GetStateValidity, srv.GetMotionPlan = GetStateValidity, GetMotionPlan
+    package = types.ModuleType('moveit_msgs')
+    package.msg, package.srv = msgs, srv
+    package.__spec__ = SimpleNamespace(name='moveit_msgs')
+    return {'moveit_msgs': package, 'moveit_msgs.msg': msgs, 'moveit_msgs.srv': srv}
+
+
+def test_moveit_backend_speaks_move_groups_services(panda, monkeypatch):
+    """With moveit_msgs importable and move_group answering, auto picks MoveIt; requests and
+    responses are converted both ways (a fake move_group here: MoveIt is on no reachable registry)."""
+    for name, module in _fake_moveit_msgs().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(moveit_backend, 'moveit_available', lambda: True)
+    requests = []
+
+    class FakeMoveGroup:
+        def __init__(self, srv, name):
+            self.name = name
+
+        def ready(self, timeout_s):
+            return True
+
+        def call(self, request, timeout_s):
+            requests.append((self.name, request))
+            if self.name == '/check_state_validity':
+                position = np.array(request.robot_state.joint_state.position)
+                if position[0] > 0.5:
+                    contact = _Msg(contact_body_1='panda_hand', contact_body_2='box')
+                    return _Msg(valid=False, contacts=[contact])
+                return _Msg(valid=True, contacts=[])
+            goal = {c.joint_name: c.position for c in request.motion_plan_request.goal_constraints[0].joint_constraints}
+            start = request.motion_plan_request.start_state.joint_state.position
+            end = [goal.get(n, s) for n, s in zip(PANDA_JOINTS, start)]
+            points = [_Msg(positions=list(p), time_from_start=_Msg(sec=int(t), nanosec=int((t % 1) * 1e9)))
+                      for p, t in ((start, 0.0), (end, 0.25))]
+            return _Msg(motion_plan_response=_Msg(error_code=_Msg(val=1), trajectory=_Msg(
+                joint_trajectory=_Msg(joint_names=list(PANDA_JOINTS), points=points))))
+
+    config = CollisionGuardConfig(backend='auto', control_period_s=0.1, moveit_group='panda_arm')
+    backend, message = select_backend('auto', panda, config, client_factory=FakeMoveGroup)
+    assert backend.name == 'moveit' and 'moveit' in message
+
+    far = HOME + np.eye(8)[0] * 1.0
+    result = backend.checker.check_path(HOME, np.linspace(HOME, far, 5)[1:], max_joint_step=0.1)
+    assert not result.valid and result.colliding_pair == ('panda_hand', 'box')
+    assert result.last_safe_point[0] <= 0.5 and result.first_colliding_index == 2
+    name, request = requests[0]
+    assert name == '/check_state_validity' and request.group_name == 'panda_arm'
+    assert request.robot_state.joint_state.name == list(PANDA_JOINTS)
+
+    plan = backend.planner.plan_fallback(HOME, np.linspace(HOME, far, 5)[1:], result)
+    assert plan.goal_kind == 'last_safe_point'
+    np.testing.assert_allclose(plan.times, [0.0, 0.1, 0.2, 0.3])
+    np.testing.assert_allclose(plan.points[-1], result.last_safe_point)
+    plan_request = requests[-1][1].motion_plan_request
+    assert plan_request.group_name == 'panda_arm' and len(plan_request.goal_constraints[0].joint_constraints) == 8
+
+
+def test_params_file_loads_into_the_config_dataclass(panda):
+    config = CollisionGuardConfig.from_params_file(ROOT / 'config' / 'collision_guard.yaml')
+    assert config.backend == 'auto' and config.max_joint_step == 0.02 and config.padding > 0
+    assert config.planning_time_budget_s > 0 and len(config.acceleration_limits) >= 1
+    assert [o.name for o in config.scene_objects] == ['table'] and config.scene_objects[0].padding == 0.0
+    assert CollisionChecker(panda, config.scene(), config.padding).check_state(HOME).valid
+    assert CollisionGuardConfig.from_ros_parameters(config.ros_parameters()) == config
+    params = config.ros_parameters()
+    with pytest.raises(ValueError, match='max_joint_stp'):
+        CollisionGuardConfig.from_ros_parameters({**params, 'max_joint_stp': 0.01})
+    with pytest.raises(ValueError, match='scene.chair.shape'):
+        CollisionGuardConfig.from_ros_parameters({**params, 'scene.chair.shape': 'box'})
+    with pytest.raises(ValueError, match='backend'):
+        CollisionGuardConfig(backend='fast')
+    empty = CollisionGuardConfig().ros_parameters()
+    assert empty['scene.object_names'] == [''] and CollisionGuardConfig.from_ros_parameters(empty).scene_objects == ()
