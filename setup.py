@@ -40,6 +40,7 @@ setup(
             'dp-ros = diffusion_policy_ros.cli:main',
             'policy_node = diffusion_policy_ros.nodes.policy_node:main',
             'bringup = diffusion_policy_ros.nodes.bringup:main',
+            'sim_robot_node = diffusion_policy_ros.nodes.sim_robot_node:main',
         ],
     },
 )

@@ -1,6 +1,7 @@
 """Simulated Panda + policy + collision guard: `ros2 launch diffusion_policy_ros sim.launch.py`.
 
-Reads config/sim.yaml, the same file `bringup --config config/sim.yaml` (and `make demo`) use.
+Reads config/sim_robot.yaml, config/policy.yaml, config/collision_guard.yaml and the overrides in
+config/sim.yaml: the same files `bringup --config config/sim.yaml` (and `make demo`) use.
 """
 import os
 
@@ -18,7 +19,7 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument('sim_params', default_value=os.path.join(config, 'sim.yaml')),
         Node(package='diffusion_policy_ros', executable='sim_robot_node', name='sim_robot_node',
-             output='screen', parameters=[sim_params]),
+             output='screen', parameters=[os.path.join(config, 'sim_robot.yaml')]),
         Node(package='diffusion_policy_ros', executable='collision_guard_node', name='collision_guard_node',
              output='screen', parameters=[os.path.join(config, 'collision_guard.yaml'), sim_params]),
         Node(package='diffusion_policy_ros', executable='policy_node', name='policy_node', output='screen',

@@ -54,11 +54,11 @@ def sample_layout(task: str, seed: int) -> Layout:
     """The randomised scene of ``task`` for ``seed`` (a pure function of both)."""
     rng = np.random.default_rng([int(seed), 7919])
     if task == 'reach_around':
-        obstacle_y = rng.uniform(-0.03, 0.03)
-        obstacle = np.array([rng.uniform(0.52, 0.55), obstacle_y, OBSTACLE_SIZE[2] / 2])
-        target = np.array([obstacle[0] + rng.uniform(0.17, 0.20), obstacle_y + rng.uniform(-0.03, 0.03),
-                           REACH_HEIGHT + rng.uniform(-0.01, 0.01)])
-        start = np.array([obstacle[0] - rng.uniform(0.17, 0.20), obstacle_y + rng.uniform(-0.03, 0.03),
+        # Obstacle and target stay put so a policy that sees only joint states knows where to go; the
+        # start varies, and the expert's side (left or right) is the multimodality to learn.
+        obstacle = np.array([0.535, 0.0, OBSTACLE_SIZE[2] / 2])
+        target = np.array([obstacle[0] + 0.185, 0.0, REACH_HEIGHT])
+        start = np.array([obstacle[0] - 0.185 + rng.uniform(-0.015, 0.015), rng.uniform(-0.03, 0.03),
                           REACH_HEIGHT + rng.uniform(-0.01, 0.01)])
         return ReachAroundLayout(obstacle, target, start, float(np.pi / 2 + rng.uniform(-0.1, 0.1)))
     if task == 'pick_place':
