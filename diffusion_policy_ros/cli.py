@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='dp-ros', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name, (module, help_text) in _available().items():
-        sub.add_parser(name, help=help_text).set_defaults(_module=module)
+        # add_help=False: `dp-ros NAME --help` must reach the command's own parser (built below).
+        sub.add_parser(name, help=help_text, add_help=False).set_defaults(_module=module)
     return parser
 
 

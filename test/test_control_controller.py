@@ -121,10 +121,10 @@ def test_slow_inference_keeps_ticking_and_drops_late_actions():
         assert result.state is HealthState.RUNNING
         assert rig.controller.executor.current_chunk is chunk
         assert rig.controller.executor.stats.dropped_actions == 6  # rows due 10.1 .. 10.6
-        # the first point is the row due one period from now (row 1 + 7), only limited by the
-        # velocity clamp from the measured position
-        due_next = chunk.actions[chunk.obs_row + 7]
-        step = np.clip(due_next - np.zeros(2), -0.5 * DT, 0.5 * DT)
+        # the first point is the row planned for now (row 1 + 6), commanded one period ahead and only
+        # limited by the velocity clamp from the measured position
+        due_now = chunk.actions[chunk.obs_row + 6]
+        step = np.clip(due_now - np.zeros(2), -0.5 * DT, 0.5 * DT)
         np.testing.assert_allclose(result.points[0], step)
     finally:
         policy.permits.release(10)

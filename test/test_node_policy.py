@@ -38,7 +38,7 @@ def tiny_checkpoint(tmp_path_factory):
     samples = home + rng.normal(0, 0.3, (256, len(home)))
     normalizer = Normalizer.fit({'state': samples, 'action': samples}, image_keys=['camera'])
     policy = build_policy(PolicyConfig.tiny(),
-                          ObservationSpec(camera_keys=['camera'], image_shape=(32, 32),
+                          ObservationSpec(camera_keys=['camera'], image_shape=(40, 40),
                                           joint_names=list(PANDA_JOINTS), state_dim=len(PANDA_JOINTS)),
                           ActionSpec(joint_names=list(PANDA_JOINTS), dim=len(PANDA_JOINTS)), normalizer)
     return save_checkpoint(policy, tmp_path_factory.mktemp('ckpt') / 'tiny', {'purpose': 'test'})

@@ -116,10 +116,10 @@ class PolicyController:
                   self.worker.last_error, no_chunk]
         verdict = self.health.update(now, self.history.latest_stamps(), faults)
         if verdict.running:
-            # Row 0 is due now, where the arm already is: command from the next row on (the last
-            # executable row alone when only it is left), limited from the measured position.
-            ahead = points[1:] if len(points) > 1 else points
-            points = clamp_trajectory(ahead, measured, self.cfg.control_period, self.limits)
+            # A demonstration's action at t is the target the operator commanded at t, due one period
+            # later (see data/convert.py): so row k, planned for now + k * period, is due at
+            # now + (k + 1) * period, and the first point is limited from the measured position.
+            points = clamp_trajectory(points, measured, self.cfg.control_period, self.limits)
         else:
             # The old plan no longer starts where the arm is; resume from fresh chunks only.
             self.executor.reset()

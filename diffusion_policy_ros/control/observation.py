@@ -23,6 +23,9 @@ T = TypeVar('T')
 JOINT_STATE_STREAM = 'joint_states'
 
 
+STAMP_TOLERANCE_S = 1e-6
+
+
 class StampedRingBuffer(Generic[T]):
     """The last `capacity` (stamp, value) pairs of one stream, ordered by stamp, thread-safe.
 
@@ -70,9 +73,12 @@ class StampedRingBuffer(Generic[T]):
             return self._stamps[-1] if self._stamps else None
 
     def latest_not_newer(self, t: float) -> tuple[float, T] | None:
-        """The newest entry with stamp <= t (a message stamped exactly t counts), or None."""
+        """The newest entry with stamp <= t (a message stamped exactly t counts), or None.
+
+        Stamps and query times come from float seconds built in different ways (sec + nsec * 1e-9,
+        ns / 1e9): a microsecond of slack keeps a message stamped at t from being missed by an ulp."""
         with self._lock:
-            i = bisect.bisect_right(self._stamps, t)
+            i = bisect.bisect_right(self._stamps, t + STAMP_TOLERANCE_S)
             return (self._stamps[i - 1], self._values[i - 1]) if i else None
 
 
