@@ -41,6 +41,7 @@ setup(
             'policy_node = diffusion_policy_ros.nodes.policy_node:main',
             'bringup = diffusion_policy_ros.nodes.bringup:main',
             'sim_robot_node = diffusion_policy_ros.nodes.sim_robot_node:main',
+            'collision_guard_node = diffusion_policy_ros.nodes.collision_guard_node:main',
         ],
     },
 )

@@ -119,8 +119,7 @@ class CollisionGuard:
         if problem is None:
             start, problem = self._measured_configuration(measured)
         if problem is not None:
-            self.counters.chunks_rejected += 1
-            return GuardDecision('reject', self._hold(measured, chunk.joint_names), f'rejected: {problem}')
+            return self.reject(measured, chunk.joint_names, problem)
 
         names = tuple(chunk.joint_names)
         columns = _joint_columns(self.checker.joint_names, names)
@@ -171,6 +170,12 @@ class CollisionGuard:
                              f'{result.reason}; replaced by a fallback to the {plan.goal_kind.replace("_", " ")}',
                              stats)
 
+    def reject(self, measured: Mapping[str, float], joint_names: Sequence[str], problem: str) -> GuardDecision:
+        """Refuse a chunk that cannot be checked (also for messages the node cannot even unpack):
+        the arm holds where it is measured, and the running fallback ends."""
+        self.counters.chunks_rejected += 1
+        return GuardDecision('reject', self._hold(measured, joint_names), f'rejected: {problem}')
+
     # --- internals --------------------------------------------------------------------------
 
     def _measured_configuration(self, measured: Mapping[str, float]) -> tuple[np.ndarray | None, str | None]:
@@ -202,8 +207,16 @@ class CollisionGuard:
         return TrajectoryChunk(names, active.chunk.positions[remaining], times[remaining] - elapsed)
 
     def _hold(self, measured: Mapping[str, float], names: Sequence[str]) -> TrajectoryChunk | None:
-        """One point at the measured position of the commanded joints: the controller stops there."""
+        """One point at the measured position of the commanded joints: the controller stops there.
+
+        When the chunk's names are unusable (unknown, repeated, none), the model's measured joints hold.
+        """
         self._fallback = None
+        names = tuple(names)
+        if not names or len(set(names)) != len(names) or not set(names) <= set(self.checker.joint_names):
+            names = tuple(n for n in self.checker.joint_names if n in measured)
+            if not names:
+                return None
         try:
             position = np.array([[float(measured[n]) for n in names]])
         except (KeyError, TypeError, ValueError):

@@ -144,6 +144,24 @@ class Scene:
             self._objects.clear()
             self._version += 1
 
+    def set_objects(self, objects: Iterable[SceneObject]) -> bool:
+        """Make the scene exactly `objects` in one step; True when that changed anything.
+
+        A run-time update (a MarkerArray: DELETEALL, then the new objects) must never be seen half
+        applied: a checker reading in between would miss an obstacle that is still there.
+        """
+        objects = tuple(objects)
+        names = [o.name for o in objects]
+        if len(set(names)) != len(names):
+            raise ValueError(f'duplicate scene object names in {names}')
+        new = {o.name: o for o in objects}
+        with self._lock:
+            if new == self._objects:
+                return False
+            self._objects = new
+            self._version += 1
+            return True
+
     def snapshot(self) -> tuple[int, tuple[SceneObject, ...]]:
         """(version, objects) read atomically, so a rebuild never mixes two scene states."""
         with self._lock:

@@ -1,0 +1,606 @@
+"""`collision_guard_node`: nothing the policy proposes reaches the arm controller unchecked.
+
+A thin rclpy adapter (a LifecycleNode) over the ROS-free guard in `diffusion_policy_ros.collision`:
+proposed JointTrajectory in, checked JointTrajectory out. Free chunks are forwarded as they came (same
+message: points, times and stamp); colliding ones are replaced by the fallback plan (OMPL, or MoveIt
+where move_group runs); no plan in the budget, a malformed chunk or a stale joint state -> one point at
+the measured position (the arm holds). The scene comes from the params file and follows a
+`visualization_msgs/MarkerArray` topic at run time (the sim publishes its obstacles there, latched).
+
+Threads: the proposed-trajectory callback (which may plan for up to the planning budget) has its own
+callback group; joint states and scene markers share another, diagnostics a third, and a
+MultiThreadedExecutor runs them, so planning never delays the measured state or a scene update. The
+scene is swapped atomically (`Scene.set_objects`) and the checker rebuilds on its next call.
+
+Time: stamps and the fallback's clock come from the node clock, so the node runs on `use_sim_time`
+with the sim's /clock like any other; joint-state freshness is judged by wall-clock receive time
+(a stalled driver is stale whatever the sim clock says).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import Marker, MarkerArray
+
+from diffusion_policy_ros.collision.config import NODE_NAME, CollisionGuardConfig
+from diffusion_policy_ros.collision.guard import CollisionGuard, GuardCounters, GuardDecision, TrajectoryChunk
+from diffusion_policy_ros.collision.moveit_backend import CollisionBackend, select_backend
+from diffusion_policy_ros.collision.robot_model import RobotModel
+from diffusion_policy_ros.collision.scene import Scene, SceneObject
+from diffusion_policy_ros.nodes.messages import (MessageError, joint_state_to_sample, seconds_to_duration,
+                                                 trajectory_to_sample)
+from diffusion_policy_ros.robot_description import panda_description
+
+
+@dataclass
+class GuardNodeParams:
+    """The node's own parameters (topics, robot model, rates); what to check and how to plan is
+    `CollisionGuardConfig`'s (backend, max_joint_step, padding, limits, budget, scene.*)."""
+
+    robot_description: str = field(default='', metadata={
+        'help': 'URDF (XML string) of the robot; empty = the bundled Panda (example-robot-data) with its SRDF'})
+    robot_description_semantic: str = field(default='', metadata={
+        'help': 'SRDF (XML string) for disabled collision pairs; empty = adjacent links are not checked'})
+    input_topic: str = field(default='/policy/joint_trajectory', metadata={
+        'help': "the policy's proposed trajectories (trajectory_msgs/JointTrajectory)"})
+    joint_states_topic: str = '/joint_states'
+    output_topic: str = field(default='/arm_controller/joint_trajectory', metadata={
+        'help': 'checked trajectories for the arm controller'})
+    scene_topic: str = field(default='/collision_scene', metadata={
+        'help': 'visualization_msgs/MarkerArray of obstacles (CUBE, SPHERE, CYLINDER), in scene_frame'})
+    scene_frame: str = field(default='', metadata={
+        'help': "frame of the scene markers; empty = the URDF's root link (markers in other frames are ignored)"})
+    max_joint_state_age_s: float = field(default=0.5, metadata={
+        'help': 'chunks are rejected (the arm holds) when a joint state is older than this; 0 = no limit'})
+    diagnostics_rate_hz: float = 1.0
+    autostart: bool = field(default=True, metadata={'help': 'configure and activate on start-up'})
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ('str', str) and not isinstance(value, str):
+                raise ValueError(f'parameter {f.name} must be a string, got {value!r}')
+            if f.type in ('float', float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f'parameter {f.name} must be a number, got {value!r}')
+                setattr(self, f.name, float(value))
+            if f.type in ('bool', bool) and not isinstance(value, bool):
+                raise ValueError(f'parameter {f.name} must be true or false, got {value!r}')
+        if not self.diagnostics_rate_hz > 0:
+            raise ValueError(f'parameter diagnostics_rate_hz must be > 0, got {self.diagnostics_rate_hz}')
+        if not self.max_joint_state_age_s >= 0:
+            raise ValueError(f'parameter max_joint_state_age_s must be >= 0, got {self.max_joint_state_age_s}')
+
+
+def _all_parameter_names() -> type:
+    """Every top-level key a params file may give this node: the node's own parameters, the guard's
+    (CollisionGuardConfig, minus its parsed `scene_objects`) and `scene` (scene.object_names, scene.<name>.*)."""
+    def copy(f: dataclasses.Field) -> tuple[str, Any, dataclasses.Field]:
+        return f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+
+    own = [copy(f) for f in dataclasses.fields(GuardNodeParams)]
+    guard = [copy(f) for f in dataclasses.fields(CollisionGuardConfig) if f.name != 'scene_objects']
+    scene = [('scene', dict, field(default_factory=dict, metadata={
+        'help': 'scene.object_names: [names]; scene.<name>.shape / .size / .pose / .padding'}))]
+    return dataclasses.make_dataclass('CollisionGuardNodeParameters', own + guard + scene)
+
+
+PARAMS = _all_parameter_names()  # what bring-up and the params-file test read
+
+
+# ---------------------------------------------------------------------- the run-time scene (pure, tested directly)
+MARKER_SHAPES = {Marker.CUBE: 'box', Marker.SPHERE: 'sphere', Marker.CYLINDER: 'cylinder'}
+
+
+def marker_name(marker: Marker) -> str:
+    """The scene object a marker stands for: its `text` when set (the sim writes the object's name
+    there and in `ns`), else `ns/id`, the identity RViz gives a marker."""
+    text = marker.text.strip()
+    if text:
+        return text
+    return f'{marker.ns}/{marker.id}' if marker.ns else f'marker/{marker.id}'
+
+
+def marker_to_scene_object(marker: Marker, name: str, padding: float | None = None) -> SceneObject:
+    """A CUBE / SPHERE / CYLINDER marker as a scene object; raises ValueError saying what is wrong.
+
+    Marker scales are full extents: a box takes them as edge lengths; a sphere or cylinder whose
+    scales differ (an ellipsoid) is covered by the bounding sphere / round cylinder, never shrunk.
+    """
+    shape = MARKER_SHAPES.get(marker.type)
+    if shape is None:
+        raise ValueError(f'marker {name!r}: type {marker.type} is not CUBE (1), SPHERE (2) or CYLINDER (3)')
+    s = marker.scale
+    if shape == 'box':
+        size = (s.x, s.y, s.z)
+    elif shape == 'sphere':
+        size = (max(s.x, s.y, s.z) / 2.0,)
+    else:
+        size = (s.z, max(s.x, s.y) / 2.0)
+    p, o = marker.pose.position, marker.pose.orientation
+    return SceneObject(name, shape, size, (p.x, p.y, p.z, o.x, o.y, o.z, o.w), padding)
+
+
+@dataclass
+class SceneUpdate:
+    changed: bool
+    applied: int  # markers that added, replaced or deleted something
+    ignored: list[str]  # why each ignored marker was ignored
+
+
+class MarkerScene:
+    """The guard's scene: the params file's objects, overlaid by the objects a marker topic adds.
+
+    ADD (= MODIFY) adds or replaces by name, keeping the params file's per-object padding for that
+    name (a marker has no padding field: the table the gripper may touch stays unpadded). DELETE and
+    DELETEALL remove what markers added; a params-file object a marker had replaced comes back, so the
+    configured static environment cannot be switched off from a topic. Each MarkerArray is applied to
+    the Scene in one atomic step.
+    """
+
+    def __init__(self, scene: Scene, configured: Iterable[SceneObject], frames: Iterable[str]) -> None:
+        self.scene = scene
+        self.configured = {o.name: o for o in configured}
+        self.frames = {f.lstrip('/') for f in frames} | {''}
+        self._from_markers: dict[str, SceneObject] = {}
+        self._name_of: dict[tuple[str, int], str] = {}  # (ns, id) -> object name, for DELETE
+        self.scene.set_objects(self.configured.values())
+
+    def apply(self, markers: Iterable[Marker]) -> SceneUpdate:
+        applied, ignored = 0, []
+        for marker in markers:
+            key = (marker.ns, marker.id)
+            if marker.action == Marker.DELETEALL:
+                applied += bool(self._from_markers)
+                self._from_markers.clear()
+                self._name_of.clear()
+            elif marker.action == Marker.DELETE:
+                name = self._name_of.pop(key, None)
+                if name is None or self._from_markers.pop(name, None) is None:
+                    ignored.append(f'DELETE of unknown marker ns={marker.ns!r} id={marker.id}')
+                else:
+                    applied += 1
+            elif marker.action == Marker.ADD:
+                name = marker_name(marker)
+                frame = marker.header.frame_id.lstrip('/')
+                if frame not in self.frames:
+                    ignored.append(f'marker {name!r} is in frame {marker.header.frame_id!r}, not in '
+                                   f'{sorted(f for f in self.frames if f)} (no tf lookup here)')
+                    continue
+                configured = self.configured.get(name)
+                try:
+                    obj = marker_to_scene_object(marker, name, configured.padding if configured else None)
+                except ValueError as err:
+                    ignored.append(str(err))
+                    continue
+                previous = self._name_of.get(key)
+                if previous is not None and previous != name:  # the marker was renamed
+                    self._from_markers.pop(previous, None)
+                self._name_of[key] = name
+                self._from_markers[name] = obj
+                applied += 1
+            else:
+                ignored.append(f'marker ns={marker.ns!r} id={marker.id}: unknown action {marker.action}')
+        changed = self.scene.set_objects({**self.configured, **self._from_markers}.values())
+        return SceneUpdate(changed, applied, ignored)
+
+
+# ---------------------------------------------------------------------- message helpers
+def chunk_to_message(chunk: TrajectoryChunk, stamp: Any) -> JointTrajectory:
+    """A guard trajectory (arbitrary times from the stamp) as a JointTrajectory."""
+    msg = JointTrajectory()
+    msg.header.stamp = stamp
+    msg.joint_names = list(chunk.joint_names)
+    for row, t in zip(np.asarray(chunk.positions, dtype=float), np.asarray(chunk.time_from_start, dtype=float)):
+        msg.points.append(JointTrajectoryPoint(positions=[float(x) for x in row],
+                                               time_from_start=seconds_to_duration(float(t))))
+    return msg
+
+
+class _ServiceClient:
+    """An rclpy service client with the (ready, call) interface the MoveIt backend expects.
+
+    `call` waits on an event set by the response callback: it needs the executor spinning in another
+    thread (the client's callback group is reentrant), and gives up after the timeout instead of
+    blocking the guard.
+    """
+
+    def __init__(self, node: LifecycleNode, srv_type: Any, name: str, group: ReentrantCallbackGroup) -> None:
+        self._client = node.create_client(srv_type, name, callback_group=group)
+
+    def ready(self, timeout_s: float) -> bool:
+        return self._client.wait_for_service(timeout_sec=timeout_s)
+
+    def call(self, request: Any, timeout_s: float) -> Any | None:
+        done = threading.Event()
+        future = self._client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout_s):
+            self._client.remove_pending_request(future)
+            return None
+        return future.result()
+
+
+def _root_link(model: RobotModel) -> str:
+    for frame in model.model.frames:
+        if frame.parentJoint == 0 and frame.name != 'universe' and str(frame.type).endswith('BODY'):
+            return frame.name
+    return ''
+
+
+# ---------------------------------------------------------------------- the node
+class CollisionGuardNode(LifecycleNode):
+    """ROS plumbing around `CollisionGuard`: subscriptions feed the measured state and the scene,
+    each proposed chunk gets one `review`, and the decision is published to the controller."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # Parameters from a params file are declared as given (scene.<name>.* cannot be known in
+        # advance); CollisionGuardConfig then refuses any name it does not know, so a typo in a
+        # params file fails configure with its name instead of being silently ignored.
+        super().__init__(NODE_NAME, automatically_declare_parameters_from_overrides=True, **kwargs)
+        self._declare_defaults()
+        self.node_params = self._read_node_params()
+        self.config: CollisionGuardConfig | None = None
+        self.backend: CollisionBackend | None = None
+        self.guard: CollisionGuard | None = None
+        self.scene: MarkerScene | None = None
+        self.model: RobotModel | None = None
+        self._active = False
+        self._lock = threading.Lock()  # measured state, scene bookkeeping and diagnostics fields
+        self._positions: dict[str, float] = {}
+        self._received_at: dict[str, float] = {}  # joint -> time.monotonic() of its latest state
+        self._review_group = MutuallyExclusiveCallbackGroup()
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
+        self._client_group = ReentrantCallbackGroup()
+        self._subs: list = []
+        self._pub = None
+        self._timer = None
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._reset_stats()
+
+    # ------------------------------------------------------------------ parameters
+    def _declare_defaults(self) -> None:
+        defaults: dict[str, tuple[Any, str]] = {}
+        for f in dataclasses.fields(GuardNodeParams):
+            defaults[f.name] = (f.default, f.metadata.get('help', ''))
+        for name, value in CollisionGuardConfig().ros_parameters().items():
+            defaults[name] = (value, f'see diffusion_policy_ros.collision.config.CollisionGuardConfig.{name}')
+        for name, (value, help_text) in defaults.items():
+            if not self.has_parameter(name):
+                # Dynamic typing: `-p max_joint_step:=1` (an integer) is validated by the dataclasses
+                # instead of failing the whole node on a type mismatch.
+                self.declare_parameter(name, value, ParameterDescriptor(description=help_text, dynamic_typing=True))
+
+    def _parameter_values(self) -> dict[str, Any]:
+        names = self.list_parameters([], 0).names
+        return {name: self.get_parameter(name).value for name in names}
+
+    def _read_node_params(self) -> GuardNodeParams:
+        values = self._parameter_values()
+        return GuardNodeParams(**{f.name: values[f.name] for f in dataclasses.fields(GuardNodeParams)})
+
+    def _read_config(self) -> CollisionGuardConfig:
+        own = {f.name for f in dataclasses.fields(GuardNodeParams)}
+        values = {k: v for k, v in self._parameter_values().items() if k not in own and v is not None}
+        return CollisionGuardConfig.from_ros_parameters(values)
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as err:  # noqa: BLE001 - any configuration problem fails the transition with its text
+            self.get_logger().error(f'configure failed: {err}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        p = self.node_params = self._read_node_params()
+        self.config = config = self._read_config()
+        if p.robot_description:
+            urdf, srdf, source = p.robot_description, p.robot_description_semantic or None, 'robot_description'
+        else:
+            description = panda_description()
+            urdf = description.urdf_text()
+            srdf = p.robot_description_semantic or description.srdf_text()
+            source = f'the bundled Panda ({description.urdf_path})'
+        self.model = RobotModel.from_urdf(urdf, srdf)
+        root = _root_link(self.model)
+        scene = Scene()
+        self.scene = MarkerScene(scene, config.scene_objects, [p.scene_frame or root])
+        self.backend, message = select_backend(
+            config.backend, self.model, config, scene=scene,
+            client_factory=lambda srv_type, name: _ServiceClient(self, srv_type, name, self._client_group))
+        self.get_logger().info(message)
+        self.guard = CollisionGuard(self.backend.checker, self.backend.planner,
+                                    max_joint_step=config.max_joint_step, hold_time_s=config.control_period_s,
+                                    clock=self._now)
+        self._reset_stats()
+        self._subs = [
+            self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state,
+                                     qos_profile_sensor_data, callback_group=self._input_group),
+            # Late joiners get the latched scene (the sim publishes it transient-local).
+            self.create_subscription(MarkerArray, p.scene_topic, self._on_markers,
+                                     QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                                                durability=DurabilityPolicy.TRANSIENT_LOCAL),
+                                     callback_group=self._input_group),
+            # Depth 1: each chunk supersedes the previous one, so while a plan runs only the newest
+            # proposal waits; stale ones are never reviewed late.
+            self.create_subscription(JointTrajectory, p.input_topic, self._on_proposed, 1,
+                                     callback_group=self._review_group),
+        ]
+        self._pub = self.create_publisher(JointTrajectory, p.output_topic, 10)
+        self.get_logger().info(
+            f'configured: robot from {source} ({len(self.model.joint_names)} joints, '
+            f'{self.model.collision_pair_count} self-collision pairs, root frame {root!r}); scene '
+            f'{[o.name for o in scene.objects()]} + markers on {p.scene_topic}; {p.input_topic} -> '
+            f'{p.output_topic}; joint states on {p.joint_states_topic}; max_joint_step {config.max_joint_step} '
+            f'rad, padding {config.padding} m, planning budget {config.planning_time_budget_s} s')
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        # Wall-clock timer: diagnostics keep coming when sim time stalls, which is when they matter.
+        self._timer = self.create_timer(1.0 / self.node_params.diagnostics_rate_hz, self._publish_diagnostics,
+                                        callback_group=self._diagnostics_group,
+                                        clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._active = True
+        self.get_logger().info(f'active: checking every chunk on {self.node_params.input_topic}')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        self._destroy_timer()
+        self.get_logger().info('deactivated: proposed chunks are no longer forwarded')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _destroy_timer(self) -> None:
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+
+    def _release(self) -> None:
+        self._active = False
+        self._destroy_timer()
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._pub is not None:
+            self.destroy_publisher(self._pub)
+            self._pub = None
+        self.guard = self.backend = self.scene = None
+
+    # ------------------------------------------------------------------ inputs
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            sample = joint_state_to_sample(msg)
+        except MessageError as err:
+            with self._lock:
+                self._joint_states_rejected += 1
+            self.get_logger().warning(f'{self.node_params.joint_states_topic}: {err}; message ignored',
+                                      throttle_duration_sec=2.0)
+            return
+        received = time.monotonic()
+        with self._lock:
+            for name, position in zip(sample.names, sample.positions):
+                self._positions[name] = float(position)
+                self._received_at[name] = received
+
+    def _on_markers(self, msg: MarkerArray) -> None:
+        scene = self.scene
+        if scene is None:
+            return
+        try:
+            update = scene.apply(msg.markers)
+        except Exception as err:  # noqa: BLE001 - never crash on input
+            self.get_logger().error(f'{self.node_params.scene_topic}: scene update failed: {err!r}',
+                                    throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            self._scene_updates += update.changed
+            self._markers_ignored += len(update.ignored)
+            if update.ignored:
+                self._last_marker_problem = update.ignored[-1]
+        if update.ignored:
+            self.get_logger().warning(f'{self.node_params.scene_topic}: ignored {len(update.ignored)} marker(s): '
+                                      f'{"; ".join(update.ignored[:3])}', throttle_duration_sec=2.0)
+        if update.changed:
+            self.get_logger().info(f'scene updated from {self.node_params.scene_topic}: '
+                                   f'{[o.name for o in scene.scene.objects()]}')
+
+    def _measured(self) -> tuple[dict[str, float], str | None]:
+        """The latest position of every joint heard of, and why it cannot be trusted (or None)."""
+        now = time.monotonic()
+        with self._lock:
+            positions = dict(self._positions)
+            received = dict(self._received_at)
+        topic = self.node_params.joint_states_topic
+        missing = [n for n in self.model.joint_names if n not in received]
+        if missing:
+            return positions, f'no joint state for {missing} on {topic} yet'
+        limit = self.node_params.max_joint_state_age_s
+        if limit > 0:
+            oldest = max(self.model.joint_names, key=lambda n: now - received[n])
+            age = now - received[oldest]
+            if age > limit:
+                return positions, (f'joint state of {oldest} on {topic} is {age:.2f} s old '
+                                   f'(max_joint_state_age_s {limit:g})')
+        return positions, None
+
+    # ------------------------------------------------------------------ the review (its own callback group)
+    def _on_proposed(self, msg: JointTrajectory) -> None:
+        guard = self.guard
+        if not self._active or guard is None:
+            self.get_logger().info('inactive: proposed chunk not forwarded', throttle_duration_sec=5.0)
+            return
+        topic = self.node_params.input_topic
+        measured, problem = self._measured()
+        names = list(msg.joint_names)
+        try:
+            try:
+                sample = trajectory_to_sample(msg)
+            except MessageError as err:
+                decision = guard.reject(measured, names, f'{topic}: {err}')
+            else:
+                if problem is not None:
+                    decision = guard.reject(measured, sample.names, problem)
+                else:
+                    chunk = TrajectoryChunk(sample.names, sample.points, sample.times_from_start)
+                    decision = guard.review(measured, chunk, now_s=self._now())
+        except Exception as err:  # noqa: BLE001 - a bug or a backend failure must not pass anything
+            decision = guard.reject(measured, names, f'{topic}: internal error while checking: {err!r}')
+        self._act(decision, msg)
+
+    def _act(self, decision: GuardDecision, proposed: JointTrajectory) -> None:
+        with self._lock:
+            self._last_action, self._last_reason = decision.action, decision.reason
+            self._review_times.append(time.monotonic())
+            if decision.action == 'reject':
+                self._rejected_messages += 1
+        if self._pub is None:
+            return
+        if decision.action == 'pass':
+            self._pub.publish(proposed)  # unchanged: same points, same times, same stamp
+            return
+        log = self.get_logger()
+        if decision.trajectory is None:
+            log.error(f'{decision.action}: {decision.reason}; no measured position to hold at, nothing published',
+                      throttle_duration_sec=2.0)
+            return
+        self._pub.publish(chunk_to_message(decision.trajectory, self.get_clock().now().to_msg()))
+        if decision.action == 'reject':
+            log.warning(f'{decision.reason}; holding position', throttle_duration_sec=2.0)
+        elif decision.action == 'hold':
+            log.warning(decision.reason, throttle_duration_sec=1.0)
+        elif 'continues' in decision.reason:
+            log.info(decision.reason, throttle_duration_sec=1.0)
+        else:
+            stats = decision.stats
+            log.warning(f'{decision.reason} (planned in {1000 * (stats.planning_time_s or 0):.1f} ms, '
+                        f'{len(decision.trajectory.positions)} points)')
+
+    # ------------------------------------------------------------------ diagnostics
+    def _reset_stats(self) -> None:
+        self._rejected_messages = 0
+        self._joint_states_rejected = 0
+        self._markers_ignored = 0
+        self._scene_updates = 0
+        self._last_marker_problem = ''
+        self._last_action = 'none'
+        self._last_reason = 'no chunk reviewed yet'
+        self._review_times: deque[float] = deque(maxlen=2000)
+
+    def diagnostics(self) -> dict[str, str]:
+        """The values /diagnostics carries (also handy for tests and tools)."""
+        counters: GuardCounters = self.guard.counters
+        latency = list(counters.check_latency_s)  # copies under the GIL: the review thread appends
+        planning = list(counters.planning_time_s)
+        now = time.monotonic()
+        window = 5.0
+        with self._lock:
+            recent = sum(1 for t in self._review_times if now - t <= window)
+            values = {
+                'rejected_messages': self._rejected_messages,
+                'joint_states_rejected': self._joint_states_rejected,
+                'markers_ignored': self._markers_ignored,
+                'last_marker_problem': self._last_marker_problem,
+                'scene_updates': self._scene_updates,
+                'last_action': self._last_action,
+                'last_reason': self._last_reason,
+            }
+        _, problem = self._measured()
+
+        def ms(v: float | None) -> str:
+            return 'nan' if v is None else f'{1000 * v:.3f}'
+
+        values.update({
+            'backend': self.backend.name,
+            'checks_per_second': f'{recent / window:.2f}',
+            'check_latency_p50_ms': ms(GuardCounters.percentile(latency, 50)),
+            'check_latency_p99_ms': ms(GuardCounters.percentile(latency, 99)),
+            'chunks_reviewed': counters.chunks_reviewed,
+            'chunks_passed': counters.chunks_passed,
+            'blocked_chunks': counters.chunks_blocked,
+            'fallbacks_planned': counters.fallbacks_planned,
+            'planning_failures': counters.planning_failures,
+            'holds': counters.holds,
+            'planning_time_p50_ms': ms(GuardCounters.percentile(planning, 50)),
+            'planning_time_p99_ms': ms(GuardCounters.percentile(planning, 99)),
+            'last_planning_time_ms': ms(planning[-1] if planning else None),
+            'fallback_active': self.guard.fallback_active,
+            'scene_objects': ','.join(o.name for o in self.scene.scene.objects()),
+            'joint_state': problem or 'fresh',
+        })
+        return {k: str(v) for k, v in values.items()}
+
+    def _publish_diagnostics(self) -> None:
+        if self.guard is None:
+            return
+        values = self.diagnostics()
+        status = DiagnosticStatus(name=f'{self.get_name()}: collision guard', hardware_id=values['backend'])
+        healthy = values['last_action'] in ('pass', 'none') and values['joint_state'] == 'fresh'
+        status.level = DiagnosticStatus.OK if healthy else DiagnosticStatus.WARN
+        status.message = f'{values["last_action"].upper()}: {values["last_reason"]}'
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = CollisionGuardNode()
+    except ValueError as err:  # a parameter of the node itself is wrong: say which, do not trace back
+        print(f'{NODE_NAME}: {err}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        if node.node_params.autostart:
+            node.trigger_configure()
+            if node._state_machine.current_state[1] != 'inactive':
+                node.get_logger().error('autostart: configure failed; waiting for lifecycle transitions')
+            else:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._release()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
