@@ -12,3 +12,12 @@ os.environ['ROS_DOMAIN_ID'] = str(random.Random(os.getpid()).randint(1, 100))
 if sys.prefix not in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
     os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join(
         p for p in (sys.prefix, os.environ.get('AMENT_PREFIX_PATH')) if p)
+
+# One intra-op thread per test process: on the 2-core CI machine, node subprocesses and the test run
+# side by side, and torch's default thread count then makes small models 10-30x slower.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+try:
+    import torch
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is in requirements.txt
+    pass

@@ -1,0 +1,216 @@
+"""Dataclass configs of the policy and of what it observes and commands.
+
+One source of truth: training configs, checkpoints (config.json) and the node all go through
+`to_dict()` / `from_dict()`, and `from_dict` rejects unknown keys by name so a typo in a YAML file
+fails loudly instead of silently training the default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar('T')
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
+    """Build dataclass `cls` from a plain dict, recursing into nested dataclasses.
+
+    Tuples come back as tuples (JSON only has lists), unknown keys are an error naming them.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f'{where}: expected a mapping, got {type(data).__name__}')
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f'{where}: unknown key(s) {", ".join(map(repr, unknown))}; '
+                         f'known keys: {", ".join(sorted(fields))}')
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f'{where}.{name}')
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ValueError(f'{where}: {exc}') from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _from_dict(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        non_none = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(non_none[0], value, where) if len(non_none) == 1 else value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if origin is list and isinstance(value, (list, tuple)):
+        return list(value)
+    return value
+
+
+class _DictMixin:
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        return _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        """Inverse of `to_dict`; unknown keys raise ValueError naming them."""
+        return _from_dict(cls, data, cls.__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass
+class ObservationSpec(_DictMixin):
+    """What the policy sees: cameras (stored/preprocessed image size) and joint-state features."""
+
+    camera_keys: list[str] = field(default_factory=list)
+    image_shape: tuple[int, int] = (96, 96)  # (H, W) of the stored, preprocessed image
+    joint_names: list[str] = field(default_factory=list)
+    state_dim: int = 0
+
+    def __post_init__(self) -> None:
+        self.camera_keys = list(self.camera_keys)
+        self.joint_names = list(self.joint_names)
+        self.image_shape = tuple(int(s) for s in self.image_shape)  # type: ignore[assignment]
+        if len(set(self.camera_keys)) != len(self.camera_keys):
+            raise ValueError(f'ObservationSpec.camera_keys has duplicates: {self.camera_keys}')
+        if 'state' in self.camera_keys or 'action' in self.camera_keys:
+            raise ValueError(f"ObservationSpec.camera_keys may not use the reserved names 'state'/'action': "
+                             f'{self.camera_keys}')
+        if len(self.image_shape) != 2 or min(self.image_shape) < 1:
+            raise ValueError(f'ObservationSpec.image_shape must be (H, W) > 0, got {self.image_shape}')
+        if self.state_dim < 0:
+            raise ValueError(f'ObservationSpec.state_dim must be >= 0, got {self.state_dim}')
+        if not self.camera_keys and self.state_dim == 0:
+            raise ValueError('ObservationSpec observes nothing: no camera_keys and state_dim 0')
+
+
+@dataclass
+class ActionSpec(_DictMixin):
+    """What the policy commands: one value per joint, in robot units."""
+
+    joint_names: list[str] = field(default_factory=list)
+    dim: int = 0
+    kind: Literal['joint_position'] = 'joint_position'
+
+    def __post_init__(self) -> None:
+        self.joint_names = list(self.joint_names)
+        if self.dim < 1:
+            raise ValueError(f'ActionSpec.dim must be >= 1, got {self.dim}')
+        if self.joint_names and len(self.joint_names) != self.dim:
+            raise ValueError(f'ActionSpec has {len(self.joint_names)} joint_names but dim {self.dim}')
+        if self.kind != 'joint_position':
+            raise ValueError(f"ActionSpec.kind {self.kind!r} is not supported (only 'joint_position')")
+
+
+@dataclass
+class UnetConfig(_DictMixin):
+    """ConditionalUnet1D settings (Chi et al. defaults)."""
+
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 128
+
+
+@dataclass
+class TransformerConfig(_DictMixin):
+    """TransformerDenoiser settings (Chi et al.'s image-based defaults)."""
+
+    n_layer: int = 8
+    n_head: int = 4
+    n_emb: int = 256
+    p_drop_emb: float = 0.0
+    p_drop_attn: float = 0.3
+    causal_attn: bool = True
+    n_cond_layers: int = 0
+
+
+@dataclass
+class EncoderConfig(_DictMixin):
+    """Observation encoder settings.
+
+    resnet_width 64 is ResNet-18; smaller widths give small, fast models. crop_shape None means no
+    crop (random crop in training / centre crop at inference otherwise). state_mlp_dims () keeps the
+    state as it is (identity), otherwise a Mish MLP with those hidden/output sizes.
+    """
+
+    resnet_width: int = 64
+    crop_shape: tuple[int, int] | None = None
+    num_keypoints: int = 32
+    image_feature_dim: int = 64
+    share_encoder: bool = False
+    state_mlp_dims: tuple[int, ...] = ()
+
+
+@dataclass
+class SamplerSettings(_DictMixin):
+    """Diffusion schedule (training) and sampler (inference) settings."""
+
+    kind: Literal['ddim', 'ddpm'] = 'ddim'
+    num_train_timesteps: int = 100
+    beta_schedule: str = 'squaredcos_cap_v2'
+    prediction_type: Literal['epsilon', 'sample'] = 'epsilon'
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    num_inference_steps: int = 10
+    eta: float = 0.0  # DDIM only
+    variance_type: Literal['fixed_small', 'fixed_large'] = 'fixed_small'  # DDPM only
+
+
+@dataclass
+class PolicyConfig(_DictMixin):
+    """Everything that shapes the network and its sampling (saved in every checkpoint)."""
+
+    policy: Literal['diffusion', 'bc'] = 'diffusion'
+    denoiser: Literal['unet', 'transformer'] = 'unet'
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
+    bc_hidden_dims: tuple[int, ...] = (512, 512)
+    cfg_dropout: float = 0.0     # probability of replacing the condition by the learned null condition
+    guidance_scale: float = 1.0  # classifier-free guidance at inference; 1.0 = off, one forward pass
+
+    def __post_init__(self) -> None:
+        if self.policy not in ('diffusion', 'bc'):
+            raise ValueError(f"PolicyConfig.policy must be 'diffusion' or 'bc', got {self.policy!r}")
+        if self.denoiser not in ('unet', 'transformer'):
+            raise ValueError(f"PolicyConfig.denoiser must be 'unet' or 'transformer', got {self.denoiser!r}")
+        if not 1 <= self.n_obs_steps <= self.horizon:
+            raise ValueError(f'PolicyConfig: n_obs_steps {self.n_obs_steps} must be in [1, horizon {self.horizon}]')
+        if not 1 <= self.n_action_steps <= self.horizon - self.n_obs_steps + 1:
+            raise ValueError(f'PolicyConfig: n_action_steps {self.n_action_steps} must be in '
+                             f'[1, horizon - n_obs_steps + 1 = {self.horizon - self.n_obs_steps + 1}]')
+        if not 0.0 <= self.cfg_dropout < 1.0:
+            raise ValueError(f'PolicyConfig.cfg_dropout must be in [0, 1), got {self.cfg_dropout}')
+        if self.guidance_scale != 1.0 and self.cfg_dropout == 0.0:
+            raise ValueError('PolicyConfig.guidance_scale != 1 needs a null condition trained with cfg_dropout > 0')
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> PolicyConfig:
+        """A small model that builds in milliseconds and trains on CPU (tests, demos)."""
+        base = cls(
+            horizon=8, n_obs_steps=2, n_action_steps=4,
+            unet=UnetConfig(down_dims=(32, 64), kernel_size=3, n_groups=4, diffusion_step_embed_dim=16),
+            transformer=TransformerConfig(n_layer=2, n_head=2, n_emb=32, p_drop_attn=0.0),
+            encoder=EncoderConfig(resnet_width=8, num_keypoints=8, image_feature_dim=16, state_mlp_dims=()),
+            bc_hidden_dims=(64, 64),
+        )
+        return dataclasses.replace(base, **overrides)
