@@ -13,7 +13,7 @@ import sys
 
 # name -> (module, one-line help). Keep in the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    'demo': ('diffusion_policy_ros.demo', 'run the closed-loop demo (sim robot + policy + guard)'),
+    'demo': ('diffusion_policy_ros.nodes.demo', 'run the closed-loop demo (sim robot + policy + guard)'),
     'demos': ('diffusion_policy_ros.sim.record_demos', 'record scripted expert demonstrations as rosbag2'),
     'dataset': ('diffusion_policy_ros.data.convert', 'convert rosbag2 demonstrations to a zarr dataset'),
     'train': ('diffusion_policy_ros.training.train', 'train a policy on a zarr dataset'),

@@ -73,13 +73,14 @@ class PolicyController:
                                          self.cfg.max_obs_age_s)
 
     # --- lifecycle ---
-    def start(self, example_obs: dict[str, np.ndarray] | None = None, warmup_iterations: int = 2) -> None:
+    def start(self, example_obs: dict[str, np.ndarray] | None = None, warmup_iterations: int = 2) -> list[float]:
+        """Warm the policy up on `example_obs` (returns those latencies, seconds) and start the worker."""
         if self._worker_used:  # a thread runs once: after shutdown (lifecycle deactivate) take a new one
             self.worker = self._new_worker()
-        if example_obs is not None:
-            self.worker.warmup(example_obs, warmup_iterations)
+        latencies = self.worker.warmup(example_obs, warmup_iterations) if example_obs is not None else []
         self.worker.start()
         self._worker_used = True
+        return latencies
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         return self.worker.stop(timeout)

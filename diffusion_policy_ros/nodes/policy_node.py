@@ -201,7 +201,7 @@ class PolicyNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            self.controller.start(self._example_observation())
+            warmup = self.controller.start(self._example_observation())
         except Exception as err:  # noqa: BLE001
             self.get_logger().error(f'activate failed: warm-up inference raised {err!r}')
             return TransitionCallbackReturn.FAILURE
@@ -209,8 +209,7 @@ class PolicyNode(LifecycleNode):
             self.create_timer(self.period, self._tick, callback_group=self._timer_group),
             self.create_timer(1.0 / self.params.diagnostics_rate_hz, self._publish_diagnostics,
                               callback_group=self._timer_group)]
-        latency = self.controller.worker.latency.summary()
-        self.get_logger().info(f'active: warm-up done, inference p50 {1000 * latency["p50"]:.1f} ms')
+        self.get_logger().info(f'active: warm-up inference {1000 * warmup[-1]:.1f} ms')
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -1,0 +1,257 @@
+"""`dp-ros demo` (and `make demo`): the whole stack in closed loop on the simulated arm.
+
+Brings up sim_robot_node + collision_guard_node + policy_node from config/sim.yaml (the same file
+`bringup` and `ros2 launch ... sim.launch.py` read), runs a few episodes over DDS, and reports per
+episode success, the success rate, inference latency, publish rate, holds and blocked chunks. It exits
+non-zero only when the stack itself failed (a node died, no commands, no episode status), not when
+the policy missed an episode.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CONFIG = 'config/sim.yaml'
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--episodes', type=int, default=5, help='episodes to run (default 5)')
+    parser.add_argument('--config', default=DEFAULT_CONFIG, help='bring-up params file')
+    parser.add_argument('--task', default=None, help='sim task (default: the bring-up file\'s)')
+    parser.add_argument('--checkpoint', default=None, help='policy checkpoint (default: the params file\'s)')
+    parser.add_argument('--seed', type=int, default=1000, help='first episode seed (held out from demos)')
+    parser.add_argument('--out', default='demo_out', help='folder for demo_report.json and the GIF')
+    parser.add_argument('--set', action='append', default=[], metavar='NODE.PARAM:=VALUE',
+                        help='override a parameter of one node, e.g. policy_node.num_inference_steps:=5')
+    parser.add_argument('--startup-timeout', type=float, default=180.0, help='seconds for the nodes to come up')
+
+
+@dataclass
+class EpisodeResult:
+    episode: int
+    seed: int
+    success: bool
+    sim_seconds: float
+    info: dict = field(default_factory=dict)
+
+
+class DemoMonitor:
+    """Listens to what the nodes publish: task status, diagnostics, commands and camera frames."""
+
+    def __init__(self, node, status_topic: str, image_topic: str):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+        from trajectory_msgs.msg import JointTrajectory
+        self.node = node
+        self._lock = threading.Lock()
+        self.status: dict = {}
+        self.diagnostics: dict[str, dict[str, str]] = {}
+        self.command_times: list[float] = []
+        self.proposal_count = 0
+        self.frames: list[np.ndarray] = []
+        self.capture = False
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        node.create_subscription(String, status_topic, self._on_status, latched)
+        node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 20)
+        node.create_subscription(JointTrajectory, '/arm_controller/joint_trajectory', self._on_command, 20)
+        node.create_subscription(JointTrajectory, '/policy/joint_trajectory', self._on_proposal, 20)
+        node.create_subscription(Image, image_topic, self._on_image, qos_profile_sensor_data)
+
+    def _on_status(self, msg) -> None:
+        with self._lock:
+            self.status = json.loads(msg.data)
+
+    def _on_diagnostics(self, msg) -> None:
+        with self._lock:
+            for status in msg.status:
+                self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+
+    def _on_command(self, msg) -> None:
+        with self._lock:
+            self.command_times.append(time.monotonic())
+
+    def _on_proposal(self, msg) -> None:
+        with self._lock:
+            self.proposal_count += 1
+
+    def _on_image(self, msg) -> None:
+        if not self.capture:
+            return
+        from diffusion_policy_ros.data.image_codec import message_to_rgb8
+        frame = message_to_rgb8(msg, topic='demo')
+        with self._lock:
+            self.frames.append(frame)
+
+    def snapshot_status(self) -> dict:
+        with self._lock:
+            return dict(self.status)
+
+    def diagnostics_of(self, prefix: str) -> dict[str, str]:
+        with self._lock:
+            for name, values in self.diagnostics.items():
+                if name.startswith(prefix):
+                    return dict(values)
+        return {}
+
+
+def _set_sim_parameters(node, values: dict, timeout: float = 10.0) -> None:
+    import rclpy
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    client = node.create_client(SetParameters, '/sim_robot_node/set_parameters')
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise RuntimeError('sim_robot_node offers no set_parameters service')
+    request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+    future = client.call_async(request)
+    deadline = time.monotonic() + timeout
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    results = future.result().results if future.done() else []
+    if not results or not all(r.successful for r in results):
+        raise RuntimeError(f'sim_robot_node refused parameters {values}: {[r.reason for r in results]}')
+    node.destroy_client(client)
+    del rclpy
+
+
+def _reset_sim(node, timeout: float = 10.0) -> None:
+    from std_srvs.srv import Trigger
+    client = node.create_client(Trigger, '/sim_robot_node/reset')
+    if not client.wait_for_service(timeout_sec=timeout):
+        raise RuntimeError('sim_robot_node offers no ~/reset service')
+    future = client.call_async(Trigger.Request())
+    deadline = time.monotonic() + timeout
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not future.done() or not future.result().success:
+        raise RuntimeError(f'sim reset failed: {future.result().message if future.done() else "timeout"}')
+    node.destroy_client(client)
+
+
+def _wait(condition, timeout: float, what: str, bringup) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        failed = bringup.failed()
+        if failed:
+            raise RuntimeError(f'{failed} while waiting for {what}')
+        time.sleep(0.05)
+    raise RuntimeError(f'timed out after {timeout:.0f} s waiting for {what}')
+
+
+def _write_gif(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> None:
+    import imageio.v2 as imageio
+    scaled = [np.repeat(np.repeat(f, 3, axis=0), 3, axis=1) for f in frames]  # 96 px is small to look at
+    imageio.mimsave(path, scaled, duration=1.0 / fps, loop=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    from diffusion_policy_ros.nodes.bringup import BringUp, plan_bringup, resolve_config
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = list(args.set)
+    if args.task:
+        overrides.append(f'sim_robot_node.task:={args.task}')
+    if args.checkpoint:
+        overrides.append(f'policy_node.checkpoint:={args.checkpoint}')
+    config = resolve_config(args.config)
+    launches = plan_bringup(config, overrides)
+    print(f'[demo] bringing up {", ".join(l.executable for l in launches)} from {config}', flush=True)
+    bringup = BringUp(launches, transition_timeout_s=args.startup_timeout)
+    report: dict = {'config': str(config), 'episodes': [], 'stack_ok': False}
+    code = 1
+    executor = None
+    started = time.monotonic()
+    try:
+        bringup.start()
+        monitor_node = rclpy.create_node('demo_monitor')
+        monitor = DemoMonitor(monitor_node, '/sim_robot_node/task_status', '/camera/color/image_raw')
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(monitor_node)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        _wait(lambda: monitor.snapshot_status(), 30, 'the sim task status', bringup)
+        task = monitor.snapshot_status().get('task')
+        results: list[EpisodeResult] = []
+        for i in range(args.episodes):
+            seed = args.seed + i
+            _set_sim_parameters(monitor_node, {'seed': seed})
+            monitor.capture = i == 0
+            _reset_sim(monitor_node)
+            _wait(lambda: monitor.snapshot_status().get('seed') == seed and
+                  not monitor.snapshot_status().get('done'), 30, f'episode {i + 1} to start', bringup)
+            limit = float(monitor.snapshot_status().get('time_limit', 30.0))
+            _wait(lambda: monitor.snapshot_status().get('done'), limit * 4 + 30, f'episode {i + 1} to end', bringup)
+            monitor.capture = False
+            status = monitor.snapshot_status()
+            result = EpisodeResult(i + 1, seed, bool(status.get('success')), float(status.get('episode_time', 0.0)),
+                                   status.get('info', {}))
+            results.append(result)
+            print(f'[demo] episode {result.episode}/{args.episodes} (seed {seed}): '
+                  f'{"success" if result.success else "failure"} after {result.sim_seconds:.1f} s sim time', flush=True)
+        policy_diag = monitor.diagnostics_of('policy_node')
+        guard_diag = monitor.diagnostics_of('collision_guard_node')
+        times = np.array(monitor.command_times)
+        recent = times[times > times[-1] - 20.0] if times.size else times
+        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+        successes = sum(r.success for r in results)
+        holds = {k.split(' ', 1)[-1]: float(v) for k, v in policy_diag.items() if k.startswith('hold_s')}
+        report.update({
+            'task': task,
+            'episodes': [r.__dict__ for r in results],
+            'success_rate': successes / max(1, len(results)),
+            'successes': successes,
+            'inference_latency_p50_ms': float(policy_diag.get('inference_latency_p50_ms', 'nan')),
+            'inference_latency_p99_ms': float(policy_diag.get('inference_latency_p99_ms', 'nan')),
+            'publish_rate_hz': rate,
+            'policy_proposals': monitor.proposal_count,
+            'hold_seconds': holds,
+            'blocked_chunks': int(float(guard_diag.get('blocked_chunks', 0) or 0)),
+            'fallbacks_planned': int(float(guard_diag.get('fallbacks_planned', 0) or 0)),
+            'guard_backend': guard_diag.get('backend', ''),
+            'wall_seconds': time.monotonic() - started,
+        })
+        report['stack_ok'] = bool(results) and rate > 5.0 and monitor.proposal_count > 0
+        if monitor.frames:
+            _write_gif(monitor.frames, out / 'demo_episode1.gif')
+            report['gif'] = str(out / 'demo_episode1.gif')
+        code = 0 if report['stack_ok'] else 1
+    except (RuntimeError, TimeoutError) as err:
+        report['error'] = str(err)
+        print(f'[demo] the stack failed: {err}', flush=True)
+    except KeyboardInterrupt:
+        report['error'] = 'interrupted'
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        bringup.stop()
+        if rclpy.ok():
+            rclpy.shutdown()
+    (out / 'demo_report.json').write_text(json.dumps(report, indent=2))
+    _print_summary(report, out)
+    return code
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    episodes = report.get('episodes', [])
+    if episodes:
+        print(f"\n[demo] {report.get('task')}: {report['successes']}/{len(episodes)} episodes succeeded "
+              f"({100 * report['success_rate']:.0f} %)")
+        print(f"[demo] inference latency p50 {report['inference_latency_p50_ms']:.1f} ms, "
+              f"p99 {report['inference_latency_p99_ms']:.1f} ms; commands to the arm at "
+              f"{report['publish_rate_hz']:.2f} Hz")
+        holds = ', '.join(f'{k} {v:.1f} s' for k, v in report['hold_seconds'].items()) or 'none'
+        print(f"[demo] holds: {holds}; blocked chunks: {report['blocked_chunks']} "
+              f"(guard backend {report['guard_backend'] or '?'}, fallbacks {report['fallbacks_planned']})")
+    print(f'[demo] report: {out / "demo_report.json"}' + (f", GIF: {report['gif']}" if report.get('gif') else ''))
+    print(f"[demo] stack {'OK' if report.get('stack_ok') else 'FAILED'}", flush=True)
