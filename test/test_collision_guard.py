@@ -260,3 +260,24 @@ def test_params_file_loads_into_the_config_dataclass(panda):
         CollisionGuardConfig(backend='fast')
     empty = CollisionGuardConfig().ros_parameters()
     assert empty['scene.object_names'] == [''] and CollisionGuardConfig.from_ros_parameters(empty).scene_objects == ()
+
+
+def test_arm_measured_in_contact_may_leave_but_not_go_deeper(panda):
+    """Starting inside the padding of a box: a chunk moving away from it passes (holding would keep the
+    arm stuck in contact), a chunk moving into the box is held."""
+    guard = make_guard(panda)
+    checker = guard.checker
+    # Walk joint 1 towards the box until the state just becomes invalid: the arm is "in contact".
+    contact = None
+    for angle in np.linspace(0.0, 1.57, 400):
+        q = HOME + np.eye(8)[0] * angle
+        if not checker.check_state(q).valid:
+            contact = q
+            break
+    assert contact is not None
+    measured = dict(zip(PANDA_JOINTS, contact))
+    away = guard.review(measured, chunk_towards(HOME, start=contact, points=8), now_s=0.0)
+    assert away.action == 'pass' and 'leaves it' in away.reason
+    deeper = guard.review(measured, chunk_towards(contact + np.eye(8)[0] * 0.3, start=contact, points=8),
+                          now_s=0.1)
+    assert deeper.action == 'hold' and 'measured state is invalid' in deeper.reason

@@ -63,6 +63,10 @@ class GuardDecision:
     stats: ReviewStats = field(default_factory=ReviewStats)
 
 
+# Largest first step a chunk may take out of an invalid measured state (see CollisionGuard._escape).
+ESCAPE_STEP_RAD = 0.1
+
+
 @dataclass
 class GuardCounters:
     """Running totals for /diagnostics."""
@@ -144,6 +148,12 @@ class CollisionGuard:
         if continued is not None:
             return GuardDecision('replace', continued, f'{result.reason}; fallback continues', stats)
         if result.first_colliding_index == -1:
+            escape = self._escape(start, waypoints)
+            if escape is not None:
+                self._fallback = None
+                self.counters.chunks_passed += 1
+                return GuardDecision('pass', chunk, f'measured state is invalid ({result.reason}); the chunk '
+                                     f'leaves it with a {escape:.3f} rad first step and is free after it', stats)
             self.counters.holds += 1
             return GuardDecision('hold', self._hold(measured, names),
                                  f'measured state is invalid ({result.reason}); holding', stats)
@@ -169,6 +179,18 @@ class CollisionGuard:
         return GuardDecision('replace', replacement,
                              f'{result.reason}; replaced by a fallback to the {plan.goal_kind.replace("_", " ")}',
                              stats)
+
+    def _escape(self, start: np.ndarray, waypoints: np.ndarray) -> float | None:
+        """The first step's size if a chunk starting in an invalid state (in contact, inside the padding)
+        gets out: its first waypoint is at most ESCAPE_STEP_RAD away and everything from there on is free.
+        Holding instead would keep the arm stuck in contact forever; the short first step is the only
+        motion not checked, and it is the one that leaves the contact."""
+        step = float(np.max(np.abs(waypoints[0] - start)))
+        if step > ESCAPE_STEP_RAD:
+            return None
+        rest = self.checker.check_path(waypoints[0], waypoints[1:] if len(waypoints) > 1 else waypoints[:1],
+                                       self.max_joint_step)
+        return step if rest.valid else None
 
     def reject(self, measured: Mapping[str, float], joint_names: Sequence[str], problem: str) -> GuardDecision:
         """Refuse a chunk that cannot be checked (also for messages the node cannot even unpack):
