@@ -40,10 +40,10 @@ class FakePolicy:
 
 
 class Rig:
-    def __init__(self, policy: FakePolicy, **executor) -> None:
+    def __init__(self, policy: FakePolicy, replan: str = 'every_tick', **executor) -> None:
         self.now = 10.0
         self.position = np.zeros(2)
-        cfg = ControllerConfig(n_obs_steps=2, max_obs_age_s=0.5,
+        cfg = ControllerConfig(n_obs_steps=2, max_obs_age_s=0.5, replan=replan,
                                executor=ExecutorConfig(control_period=DT, **executor))
         self.controller = PolicyController(policy.predict_action_chunk, ['cam'], LIMITS, cfg,
                                            clock=lambda: self.now,
@@ -159,3 +159,28 @@ def test_estop_latches_and_camera_loss_holds_then_both_resume():
         assert rig.controller.health.hold_seconds[HoldCode.ESTOP] > 0
     finally:
         assert rig.controller.shutdown()
+
+
+def test_chunk_end_replanning_executes_each_chunk_before_asking_for_the_next():
+    """Receding horizon: with replan='chunk_end' a chunk of 8 actions runs (nearly) to its end before the
+    next inference is asked for, so a multimodal policy cannot flip modes every tick; 'every_tick' asks
+    on every tick."""
+    calls = {}
+    for replan in ('chunk_end', 'every_tick'):
+        policy = FakePolicy()
+        rig = Rig(policy, replan=replan, n_action_steps=8)
+        rig.publish()
+        rig.controller.start()
+        try:
+            for _ in range(40):
+                rig.step(settle=False)
+                deadline = time.monotonic() + WAIT  # let a requested inference finish: the test is about
+                while rig.controller.worker._wake.is_set() and time.monotonic() < deadline:  # when, not speed
+                    time.sleep(0.0005)
+                time.sleep(0.002)
+        finally:
+            assert rig.controller.shutdown()
+        calls[replan] = policy.calls
+    # 40 ticks of 8-action chunks: about 40 / 7 chunks when committing, one per tick otherwise.
+    assert calls['chunk_end'] <= 10, calls
+    assert calls['every_tick'] >= 25, calls

@@ -18,6 +18,9 @@ from diffusion_policy_ros.control.limits import JointLimits, clamp_trajectory
 from diffusion_policy_ros.control.observation import ObservationHistory
 
 
+REPLAN_MODES = ('auto', 'chunk_end', 'every_tick')
+
+
 @dataclass
 class ControllerConfig:
     n_obs_steps: int = 2
@@ -25,6 +28,22 @@ class ControllerConfig:
     history_capacity: int = 64  # messages kept per stream: > n_obs_steps * (stream rate / policy rate)
     log_throttle_s: float = 10.0
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    # When to ask for the next chunk. 'chunk_end': once the executed chunk has less left than the
+    # expected inference latency plus one period, so each chunk runs its n_action_steps (Chi et al.'s
+    # receding horizon: a multimodal policy commits to one mode per chunk instead of flipping between
+    # modes every tick). 'every_tick': as soon as the worker is free (what temporal ensembling wants).
+    # 'auto': every_tick with temporal_ensemble blending, chunk_end otherwise.
+    replan: str = 'auto'
+
+    def __post_init__(self) -> None:
+        if self.replan not in REPLAN_MODES:
+            raise ValueError(f'replan must be one of {REPLAN_MODES}, got {self.replan!r}')
+
+    @property
+    def replan_every_tick(self) -> bool:
+        if self.replan == 'auto':
+            return self.executor.blending == 'temporal_ensemble'
+        return self.replan == 'every_tick'
 
     @property
     def control_period(self) -> float:
@@ -107,7 +126,8 @@ class PolicyController:
         chunk = self.worker.take_chunk()
         if chunk is not None:
             self.executor.submit(chunk)
-        self.worker.notify()
+        if self._time_to_replan(now):
+            self.worker.notify()
         measured = self.history.latest_joint_positions()
         points = self.executor.plan(now)
         no_chunk = None if points is not None else HoldReason(
@@ -126,6 +146,21 @@ class PolicyController:
             self.executor.reset()
             points = None if isinstance(measured, HoldReason) else measured[None].copy()
         return TickResult(verdict.state, verdict.reason, points, verdict.log_message)
+
+    def _time_to_replan(self, now: float) -> bool:
+        remaining = self.executor.remaining(now)
+        if remaining is None or self.cfg.replan_every_tick:
+            return True
+        return remaining <= self.expected_latency() + self.cfg.control_period
+
+    def expected_latency(self) -> float:
+        """Seconds from asking for a chunk to having it: the worker's own estimate when it has one
+        (the evaluator's simulated latency), else the p90 of measured inference times."""
+        estimate = getattr(self.worker, 'expected_latency_s', None)
+        if estimate is not None:
+            return float(estimate)
+        latency = self.worker.latency
+        return latency.percentile(90) if len(latency) else self.cfg.control_period
 
     def diagnostics(self, now: float) -> dict[str, str]:
         """Key/values for a diagnostic_msgs/DiagnosticStatus."""

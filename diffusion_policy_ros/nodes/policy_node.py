@@ -25,7 +25,7 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from diffusion_policy_ros.control.chunks import BLENDING_MODES, ExecutorConfig
+from diffusion_policy_ros.control.chunks import BLENDING_MODES, DEFAULT_BLENDING, ExecutorConfig
 from diffusion_policy_ros.control.controller import ControllerConfig, PolicyController
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
@@ -53,7 +53,9 @@ class PolicyNodeParams:
     num_inference_steps: int = field(default=10, metadata={'help': 'DDIM steps per chunk'})
     n_action_steps: int = field(default=0, metadata={'help': "actions executed per chunk; 0 = the checkpoint's"})
     max_obs_age_s: float = 0.5
-    blending: str = field(default='temporal_ensemble', metadata={'help': 'none | temporal_ensemble | crossfade'})
+    blending: str = field(default=DEFAULT_BLENDING, metadata={'help': 'none | temporal_ensemble | crossfade'})
+    replan: str = field(default='auto', metadata={
+        'help': 'auto | chunk_end | every_tick: when to ask for the next chunk (see ControllerConfig.replan)'})
     crossfade_steps: int = 3
     ensemble_decay: float = 0.01
     joint_names: list[str] = field(default_factory=list, metadata={
@@ -182,7 +184,8 @@ class PolicyNode(LifecycleNode):
         topic_of = dict(zip(obs_spec.camera_keys, p.camera_topics))
         self.controller = PolicyController(
             self._infer, list(obs_spec.camera_keys), limits,
-            ControllerConfig(n_obs_steps=cfg.n_obs_steps, max_obs_age_s=p.max_obs_age_s, executor=executor_cfg),
+            ControllerConfig(n_obs_steps=cfg.n_obs_steps, max_obs_age_s=p.max_obs_age_s, executor=executor_cfg,
+                             replan=p.replan),
             clock=self._now, stream_names={**topic_of, 'joint_states': p.joint_states_topic})
         with self._faults_lock:
             self._input_faults = {}

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..control.chunks import BLENDING_MODES, ActionChunk, ExecutorConfig
+from ..control.chunks import BLENDING_MODES, DEFAULT_BLENDING, ActionChunk, ExecutorConfig
 from ..control.controller import ControllerConfig, PolicyController
 from ..control.inference_worker import WorkerStats
 from ..control.limits import JointLimits
@@ -133,6 +133,7 @@ class SimTimeInference:
         self.n_obs_steps = n_obs_steps
         self.dt = dt
         self.latency_s = latency_s
+        self.expected_latency_s = latency_s  # what PolicyController plans its replanning with
         self.latency = RollingPercentiles(100_000)  # wall-clock seconds per policy call
         self.stats = WorkerStats()
         self.last_error = None  # a policy error propagates (evaluation must not hide it)
@@ -390,7 +391,7 @@ class _EpisodeLoop:
 
 def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DEFAULT_EVAL_SEED, *,
              num_inference_steps: int | None = None, n_action_steps: int | None = None,
-             blending: str = 'temporal_ensemble', latency_s: float | None = None, device: str = 'cpu',
+             blending: str = DEFAULT_BLENDING, latency_s: float | None = None, device: str = 'cpu',
              gif_path: str | Path | None = None, arm: SimArm | None = None, sim_config: SimConfig | None = None,
              camera_map: Mapping[str, str] | None = None, episode_seconds: float | None = None,
              progress: bool = False) -> EvalReport:
@@ -538,7 +539,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', type=Path, default=None, help='write eval.json and GIF(s) here')
     parser.add_argument('--num-inference-steps', type=int, default=None, help="DDIM steps (default: checkpoint's)")
     parser.add_argument('--n-action-steps', type=int, default=None, help="actions per chunk (default: checkpoint's)")
-    parser.add_argument('--blending', choices=BLENDING_MODES, default='temporal_ensemble')
+    parser.add_argument('--blending', choices=BLENDING_MODES, default=DEFAULT_BLENDING)
     parser.add_argument('--latency-s', type=float, default=None,
                         help='sim-time inference latency (default: measured, rounded up to control periods)')
     parser.add_argument('--device', default='cpu')

@@ -1,0 +1,30 @@
+"""`make demo`'s job, one episode: the stack comes up from config/sim.yaml, runs, and reports."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ros_helpers import ROOT
+
+pytestmark = pytest.mark.ros
+REPORT_FIELDS = {'task', 'episodes', 'success_rate', 'successes', 'inference_latency_p50_ms',
+                 'inference_latency_p99_ms', 'publish_rate_hz', 'hold_seconds', 'blocked_chunks',
+                 'fallbacks_planned', 'guard_backend', 'stack_ok', 'gif', 'wall_seconds'}
+
+
+def test_demo_one_episode_writes_a_complete_report(tmp_path):
+    out = tmp_path / 'demo'
+    proc = subprocess.run([sys.executable, '-m', 'diffusion_policy_ros.cli', 'demo', '--episodes', '1',
+                           '--out', str(out)], cwd=ROOT, env=os.environ.copy(), capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    report = json.loads((out / 'demo_report.json').read_text())
+    assert REPORT_FIELDS <= set(report), REPORT_FIELDS - set(report)
+    assert report['stack_ok'] is True
+    assert len(report['episodes']) == 1 and {'seed', 'success', 'sim_seconds'} <= set(report['episodes'][0])
+    assert 9.0 <= report['publish_rate_hz'] <= 11.0
+    assert report['guard_backend'] == 'embedded'
+    assert (out / 'demo_episode1.gif').stat().st_size > 1000
+    assert 'episode 1/1' in proc.stdout and 'stack OK' in proc.stdout

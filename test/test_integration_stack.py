@@ -1,0 +1,104 @@
+"""The whole stack over DDS: sim_robot_node + policy_node (shipped reach_around checkpoint) +
+collision_guard_node, on sim time. A box is added to the guard's scene at run time, right where the
+policy wants to go: the guard must block those chunks and the arm must never enter the box."""
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from visualization_msgs.msg import Marker, MarkerArray
+
+from diffusion_policy_ros.collision.checker import CollisionChecker
+from diffusion_policy_ros.collision.robot_model import RobotModel
+from diffusion_policy_ros.collision.scene import Scene, SceneObject
+from diffusion_policy_ros.robot_description import panda_description
+
+from ros_helpers import ROOT, NodeProcess, SpinningNode, wait_for
+
+pytestmark = pytest.mark.ros
+CHECKPOINT = ROOT / 'models' / 'reach_around'
+# Around the reach_around target (0.72, 0, 0.10): every path of the policy ends inside it.
+BOX_CENTER, BOX_SIZE = (0.72, 0.0, 0.10), (0.08, 0.10, 0.08)
+
+
+def box_marker() -> MarkerArray:
+    marker = Marker(ns='test', id=1, type=Marker.CUBE, action=Marker.ADD, text='test_box')
+    marker.header.frame_id = 'panda_link0'
+    marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = BOX_CENTER
+    marker.pose.orientation.w = 1.0
+    marker.scale.x, marker.scale.y, marker.scale.z = BOX_SIZE
+    return MarkerArray(markers=[marker])
+
+
+def test_arm_never_enters_an_obstacle_added_to_the_scene():
+    assert (CHECKPOINT / 'config.json').is_file(), 'the shipped reach_around checkpoint is missing'
+    sim = NodeProcess('diffusion_policy_ros.nodes.sim_robot_node',
+                      {'task': 'reach_around', 'seed': 1000, 'camera_rate_hz': 2.0})
+    guard = NodeProcess('diffusion_policy_ros.nodes.collision_guard_node', {'use_sim_time': True})
+    policy = NodeProcess('diffusion_policy_ros.nodes.policy_node', {
+        'checkpoint': str(CHECKPOINT), 'camera_topics': [], 'use_sim_time': True, 'torch_threads': 1,
+        'output_topic': '/policy/joint_trajectory', 'num_inference_steps': 5})
+    probe = SpinningNode('stack_probe')
+    lock = threading.Lock()
+    states: list[np.ndarray] = []
+    status: dict = {}
+    guard_diag: dict[str, str] = {}
+    recording = threading.Event()
+
+    def on_joints(msg: JointState) -> None:
+        if recording.is_set():
+            with lock:
+                states.append(np.array(msg.position))
+
+    def on_status(msg: String) -> None:
+        status.update(json.loads(msg.data))
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for s in msg.status:
+            if s.name.startswith('collision_guard_node'):
+                guard_diag.update({kv.key: kv.value for kv in s.values})
+
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    node = probe.node
+    node.create_subscription(JointState, '/joint_states', on_joints, qos_profile_sensor_data)
+    node.create_subscription(String, '/sim_robot_node/task_status', on_status, latched)
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+    scene_pub = node.create_publisher(MarkerArray, '/collision_scene', latched)
+    try:
+        wait_for(lambda: guard_diag.get('scene_objects') is not None or not guard.alive(), 90, 'guard diagnostics')
+        scene_pub.publish(box_marker())
+        wait_for(lambda: 'test_box' in guard_diag.get('scene_objects', ''), 30,
+                 f'the guard to take the box into its scene (diagnostics {guard_diag})')
+        # Restart the episode now that the box is in place; the policy drives towards the target.
+        from std_srvs.srv import Trigger
+        reset = node.create_client(Trigger, '/sim_robot_node/reset')
+        assert reset.wait_for_service(timeout_sec=30)
+        episode = status.get('episode', 0)
+        recording.set()
+        reset.call_async(Trigger.Request())
+        wait_for(lambda: status.get('episode', 0) > episode, 30, 'the episode to restart')
+        wait_for(lambda: status.get('done') or not (sim.alive() and policy.alive() and guard.alive()),
+                 120, 'the episode to end')
+        recording.clear()
+        assert sim.alive() and policy.alive() and guard.alive(), policy.output + guard.output
+        assert int(guard_diag.get('blocked_chunks', '0')) > 0, f'the guard blocked nothing: {guard_diag}'
+        assert not status.get('success'), 'the target is inside the box: reaching it means entering it'
+        # Independent check of every measured state against the box alone, with no padding.
+        description = panda_description()
+        model = RobotModel.from_urdf(description.urdf_text(), description.srdf_text())
+        checker = CollisionChecker(model, Scene([SceneObject('test_box', 'box', BOX_SIZE, BOX_CENTER)]))
+        with lock:
+            measured = list(states)
+        assert len(measured) > 100
+        inside = [i for i, q in enumerate(measured) if checker.check_state(q).kind == 'scene_collision']
+        assert inside == [], f'{len(inside)} measured states inside the box'
+    finally:
+        probe.close()
+        for proc in (policy, guard, sim):
+            proc.stop()
