@@ -36,6 +36,12 @@ def test_constant_dimension_is_finite_and_round_trips_exactly():
     assert torch.isfinite(y).all()
     assert torch.equal(y[..., 2], torch.zeros_like(y[..., 2]))
     assert torch.equal(normalizer.unnormalize('action', y)[..., 2], x[..., 2])
+    # A sampled network output is never exactly 0 there: the constant still comes out exactly,
+    # while the other dimensions follow the network.
+    noisy = y + 0.3
+    out = normalizer.unnormalize('action', noisy)
+    assert torch.equal(out[..., 2], x[..., 2])
+    assert not torch.allclose(out[..., 0], x[..., 0])
 
 
 def test_normalizer_dict_is_json_safe_and_identical_after_reload():

@@ -114,11 +114,23 @@ class Normalizer:
         return x if pair is None else (x - pair[0]) / pair[1]
 
     def unnormalize(self, key: str, y: torch.Tensor) -> torch.Tensor:
-        """Network units -> robot units (images: float in [0, 1])."""
-        if self._entry(key)['kind'] == 'limits':
+        """Network units -> robot units (images: float in [0, 1]).
+
+        A dimension that was constant in the data comes out as that constant, whatever the network
+        says: a sampled chunk is never exactly 0 there, and the data never asked for anything else (a
+        gripper that always stays open must not start closing because of sampling noise)."""
+        entry = self._entry(key)
+        if entry['kind'] == 'limits':
             self._check_dim(key, y)
         pair = self._tensors(key, y.device, y.dtype)
-        return y if pair is None else y * pair[1] + pair[0]
+        if pair is None:
+            return y
+        x = y * pair[1] + pair[0]
+        if entry['kind'] == 'limits':
+            constant = torch.as_tensor(_constant_mask(entry), device=y.device)
+            if bool(constant.any()):
+                x = torch.where(constant, pair[0].expand_as(x), x)
+        return x
 
     def _check_dim(self, key: str, x: torch.Tensor) -> None:
         expected = len(self._stats[key]['center'])
@@ -142,6 +154,12 @@ class Normalizer:
 
     def __repr__(self) -> str:
         return 'Normalizer(' + ', '.join(f"{k}:{v['kind']}" for k, v in self._stats.items()) + ')'
+
+
+def _constant_mask(entry: dict[str, Any]) -> np.ndarray:
+    """Dimensions fitted as constant: their half range was set to 1 although the data spans < 1."""
+    span = np.asarray(entry['max'], dtype=np.float64) - np.asarray(entry['min'], dtype=np.float64)
+    return (np.asarray(entry['half_range']) == 1.0) & (span < 1.0)
 
 
 def _fit_limits(key: str, array: np.ndarray, range_eps: float) -> dict[str, Any]:

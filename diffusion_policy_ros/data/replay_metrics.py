@@ -301,7 +301,8 @@ def action_errors(reference: BagReference, policy: TrajectorySeries) -> dict[str
                            'command_period_s': period, 'match_tolerance_s': 0.5 * period}
     if not ok.any():
         out.update(mae=None, rmse=None, mae_per_joint=None, rmse_per_joint=None,
-                   zero_action={'mae': None, 'rmse': None, 'mae_per_joint': None}, mae_ratio_to_zero_action=None)
+                   zero_action={'mae': None, 'rmse': None, 'mae_per_joint': None}, mae_ratio_to_zero_action=None,
+                   hold_start={'mae': None, 'rmse': None}, mae_ratio_to_hold_start=None)
         return out
     demo_points = demo.values[order][matched[ok]]
     error = policy.values[ok] - demo_points
@@ -310,12 +311,18 @@ def action_errors(reference: BagReference, policy: TrajectorySeries) -> dict[str
     mae_j, rmse_j = np.abs(error).mean(0), np.sqrt((error ** 2).mean(0))
     zero_mae_j = np.abs(zero_error).mean(0)
     mae, zero_mae = float(mae_j.mean()), float(zero_mae_j.mean())
+    # the hold-start policy never moves from where the arm was at the first compared tick: what a stuck
+    # or broken policy scores. (The zero-action one above follows the arm, one command period behind.)
+    hold_error = states.values[state_row[ok][0]][column][None] - demo_points
+    hold_mae = float(np.abs(hold_error).mean())
     out.update(
         mae=mae, rmse=float(np.sqrt((error ** 2).mean())),
         mae_per_joint=_per_joint(names, mae_j), rmse_per_joint=_per_joint(names, rmse_j),
         zero_action={'mae': zero_mae, 'rmse': float(np.sqrt((zero_error ** 2).mean())),
                      'mae_per_joint': _per_joint(names, zero_mae_j)},
-        mae_ratio_to_zero_action=mae / zero_mae if zero_mae > 0 else None)
+        mae_ratio_to_zero_action=mae / zero_mae if zero_mae > 0 else None,
+        hold_start={'mae': hold_mae, 'rmse': float(np.sqrt((hold_error ** 2).mean()))},
+        mae_ratio_to_hold_start=mae / hold_mae if hold_mae > 0 else None)
     return out
 
 
