@@ -24,7 +24,7 @@ from ros_helpers import ROOT, NodeProcess, SpinningNode, wait_for
 pytestmark = pytest.mark.ros
 CHECKPOINT = ROOT / 'models' / 'reach_around'
 # Around the reach_around target (0.72, 0, 0.10): every path of the policy ends inside it.
-BOX_CENTER, BOX_SIZE = (0.72, 0.0, 0.10), (0.08, 0.10, 0.08)
+BOX_CENTER, BOX_SIZE = (0.72, 0.0, 0.10), (0.16, 0.16, 0.12)
 
 
 def box_marker() -> MarkerArray:
@@ -72,10 +72,8 @@ def test_arm_never_enters_an_obstacle_added_to_the_scene():
     scene_pub = node.create_publisher(MarkerArray, '/collision_scene', latched)
     try:
         wait_for(lambda: guard_diag.get('scene_objects') is not None or not guard.alive(), 90, 'guard diagnostics')
-        scene_pub.publish(box_marker())
-        wait_for(lambda: 'test_box' in guard_diag.get('scene_objects', ''), 30,
-                 f'the guard to take the box into its scene (diagnostics {guard_diag})')
-        # Restart the episode now that the box is in place; the policy drives towards the target.
+        # A fresh episode (its reset republishes the sim's own scene, DELETEALL first, which would remove
+        # a box added before it), then the box: the arm needs ~2 s to get near the target.
         from std_srvs.srv import Trigger
         reset = node.create_client(Trigger, '/sim_robot_node/reset')
         assert reset.wait_for_service(timeout_sec=30)
@@ -83,6 +81,9 @@ def test_arm_never_enters_an_obstacle_added_to_the_scene():
         recording.set()
         reset.call_async(Trigger.Request())
         wait_for(lambda: status.get('episode', 0) > episode, 30, 'the episode to restart')
+        scene_pub.publish(box_marker())
+        wait_for(lambda: 'test_box' in guard_diag.get('scene_objects', ''), 30,
+                 f'the guard to take the box into its scene (diagnostics {guard_diag})')
         wait_for(lambda: status.get('done') or not (sim.alive() and policy.alive() and guard.alive()),
                  120, 'the episode to end')
         recording.clear()
