@@ -19,7 +19,7 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument('sim_params', default_value=os.path.join(config, 'sim.yaml')),
         Node(package='diffusion_policy_ros', executable='sim_robot_node', name='sim_robot_node',
-             output='screen', parameters=[os.path.join(config, 'sim_robot.yaml')]),
+             output='screen', parameters=[os.path.join(config, 'sim_robot.yaml'), sim_params]),
         Node(package='diffusion_policy_ros', executable='collision_guard_node', name='collision_guard_node',
              output='screen', parameters=[os.path.join(config, 'collision_guard.yaml'), sim_params]),
         Node(package='diffusion_policy_ros', executable='policy_node', name='policy_node', output='screen',

@@ -46,7 +46,7 @@ class PolicyNodeParams:
                 'tried against the working directory, then the package share directory'})
     device: str = field(default='auto', metadata={'help': 'auto | cuda | cpu'})
     camera_topics: list[str] = field(default_factory=lambda: ['/camera/color/image_raw'], metadata={
-        'help': "image topics, mapped in order to the checkpoint's camera keys"})
+        'help': "image topics, mapped in order to the checkpoint's camera keys ([''] in a params file: none)"})
     joint_states_topic: str = '/joint_states'
     output_topic: str = '/arm_controller/joint_trajectory'
     control_rate_hz: float = 10.0
@@ -161,8 +161,10 @@ class PolicyNode(LifecycleNode):
         self._policy = load_checkpoint(path, device=self.device)
         cfg, obs_spec = self._policy.cfg, self._policy.obs_spec
         joints = list(self._policy.action_spec.joint_names)
-        if len(p.camera_topics) != len(obs_spec.camera_keys):
-            raise ValueError(f'camera_topics has {len(p.camera_topics)} topics {p.camera_topics} but the '
+        # A ROS params file cannot hold an empty list: [''] stands for "no camera" there.
+        camera_topics = [t for t in p.camera_topics if t]
+        if len(camera_topics) != len(obs_spec.camera_keys):
+            raise ValueError(f'camera_topics has {len(camera_topics)} topics {camera_topics} but the '
                              f'checkpoint {path} expects {len(obs_spec.camera_keys)} cameras {obs_spec.camera_keys}')
         if p.joint_names and sorted(p.joint_names) != sorted(joints):
             unknown = [n for n in p.joint_names if n not in joints]
@@ -181,7 +183,7 @@ class PolicyNode(LifecycleNode):
                                       n_action_steps=p.n_action_steps or cfg.n_action_steps,
                                       blending=p.blending, crossfade_steps=p.crossfade_steps,
                                       ensemble_decay=p.ensemble_decay)
-        topic_of = dict(zip(obs_spec.camera_keys, p.camera_topics))
+        topic_of = dict(zip(obs_spec.camera_keys, camera_topics))
         self.controller = PolicyController(
             self._infer, list(obs_spec.camera_keys), limits,
             ControllerConfig(n_obs_steps=cfg.n_obs_steps, max_obs_age_s=p.max_obs_age_s, executor=executor_cfg,
