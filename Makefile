@@ -4,11 +4,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.setup-done
-# The ROS wheels live in the venv: ament-index lookups of message packages need it on AMENT_PREFIX_PATH.
-# DDS stays on loopback so tests and the demo never talk to other machines.
-ENV := . $(VENV)/bin/activate && \
-	export AMENT_PREFIX_PATH="$$VIRTUAL_ENV$${AMENT_PREFIX_PATH:+:$$AMENT_PREFIX_PATH}" \
-	       ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST PYTHONUNBUFFERED=1
+# env.sh: the venv (ROS wheels: ament-index lookups need it on AMENT_PREFIX_PATH), DDS on loopback so
+# tests and the demo never talk to other machines, and, once built, install/setup.bash + executables.
+ENV := . ./env.sh
 EPISODES ?= 5
 
 .PHONY: setup build test demo clean
@@ -30,13 +28,13 @@ build: setup
 	$(ENV) && colcon build --symlink-install --event-handlers console_cohesion-
 
 test: build
-	$(ENV) && . install/setup.bash && rc=0 && \
+	$(ENV) && rc=0 && \
 		{ colcon test --return-code-on-test-failure --event-handlers console_direct+ \
 		              --pytest-args -p no:cacheprovider || rc=$$?; } && \
 		{ colcon test-result --verbose || rc=$${rc/#0/1}; } && exit $$rc
 
 demo: build
-	$(ENV) && . install/setup.bash && dp-ros demo --episodes $(EPISODES)
+	$(ENV) && dp-ros demo --episodes $(EPISODES)
 
 clean:
 	rm -rf build install log
