@@ -230,3 +230,29 @@ def test_mismatched_camera_count_fails_configure_with_a_clear_message(tiny_check
         assert proc.alive()  # waits for lifecycle transitions instead of crashing
     finally:
         proc.stop()
+
+
+def test_estop_latches_hold_and_stop_start_services(policy_node, robot):
+    from std_srvs.srv import SetBool, Trigger
+    robot.wait_state('RUNNING')
+    node = robot.node
+
+    def call(srv_type, name, request):
+        client = node.create_client(srv_type, name)
+        assert client.wait_for_service(timeout_sec=20), name
+        future = client.call_async(request)
+        wait_for(future.done, 10, f'{name} to answer')
+        node.destroy_client(client)
+        return future.result()
+
+    assert call(SetBool, '/policy_node/estop', SetBool.Request(data=True)).success
+    robot.wait_state('HOLD', 'ESTOP', timeout=5)
+    since = time.monotonic()
+    wait_for(lambda: len(robot.trajectories_since(since)) >= 3, 5, 'hold commands during estop')
+    assert all(len(m.points) == 1 for m in robot.trajectories_since(since)[1:])  # holding, latched
+    assert call(SetBool, '/policy_node/estop', SetBool.Request(data=False)).success
+    robot.wait_state('RUNNING', timeout=5)
+    assert call(Trigger, '/policy_node/stop', Trigger.Request()).success
+    robot.wait_state('HOLD', 'STOPPED', timeout=5)
+    assert call(Trigger, '/policy_node/start', Trigger.Request()).success
+    robot.wait_state('RUNNING', timeout=5)
