@@ -13,15 +13,6 @@ CENTER = 0.2  # the data mean: half way between the two modes
 RAMP = 0.8 + torch.linspace(0.0, 0.3, HORIZON)[None, :, None]  # |offset| of a mode from CENTER per row
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-    """Tiny tensors: extra intra-op threads only add overhead (10-30x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def demonstrations(n: int, generator: torch.Generator) -> torch.Tensor:
     """Chunks going up (CENTER + RAMP) or down (CENTER - RAMP) with equal probability."""
     sign = torch.where(torch.rand(n, generator=generator) < 0.5, 1.0, -1.0)

@@ -16,15 +16,6 @@ from diffusion_policy_ros.core.policy import build_policy
 IMAGE = (40, 40)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-    """Tiny tensors: extra intra-op threads only add overhead (10-30x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_policy(policy='diffusion', denoiser='unet', **overrides):
     torch.manual_seed(0)
     joints = [f'panda_joint{i}' for i in range(1, 8)]

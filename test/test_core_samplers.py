@@ -11,15 +11,6 @@ SHAPE = (3, 16, 7)
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-    """Tiny tensors: extra intra-op threads only add overhead (10-30x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fake_model(prediction_type: str, alphas_cumprod: torch.Tensor):
     """A deterministic stand-in for a trained denoiser whose trajectories stay bounded.
 

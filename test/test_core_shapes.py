@@ -15,15 +15,6 @@ IMAGE = (40, 48)  # the smallest useful size: a 2x2 map after the ResNet's 5 hal
 ACTION_DIM = 3
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_torch_thread():
-    """Tiny tensors: extra intra-op threads only add overhead (10-30x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope='module')
 def default_unet():
     torch.manual_seed(0)

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -110,6 +109,12 @@ class FakeRobot(SpinningNode):
         return self.latest_diagnostics()
 
 
+def publish_period(stamps: list[float]) -> float:
+    """Mean period as the least-squares slope of stamp against message index: every message counts,
+    so one late publish at either end of the window (a loaded CI machine) cannot skew it."""
+    return float(np.polyfit(np.arange(len(stamps)), np.asarray(stamps), 1)[0])
+
+
 def start_policy_node(checkpoint, extra_args=None, **overrides) -> NodeProcess:
     params = {'checkpoint': str(checkpoint), 'camera_topics': [IMAGE_TOPIC], 'output_topic': OUTPUT_TOPIC,
               'num_inference_steps': 4, 'control_rate_hz': 10.0, 'max_obs_age_s': 0.5,
@@ -141,8 +146,7 @@ def test_publishes_at_10hz_with_names_increasing_times_and_limits(policy_node, r
     t0 = time.monotonic()
     wait_for(lambda: len(robot.trajectories_since(t0)) >= 31, 15, '31 trajectories')
     msgs = robot.trajectories_since(t0)[:31]
-    stamps = np.array([stamp_to_seconds(m.header.stamp) for m in msgs])
-    mean_period = np.diff(stamps).mean()
+    mean_period = publish_period([stamp_to_seconds(m.header.stamp) for m in msgs])
     assert abs(mean_period - 0.1) <= 0.002, f'mean period {mean_period:.4f} s'
     limits = JointLimits.from_urdf(panda_description().urdf_text(), PANDA_JOINTS)
     for msg in msgs:
@@ -211,8 +215,8 @@ def test_slow_inference_keeps_rate_and_drops_late_actions(tiny_checkpoint, robot
         wait_for(lambda: sum(len(m.points) > 1 for m in received) >= 10 or not slow.alive(), 60,
                  '10 chunk trajectories from the slow node')
         assert slow.alive(), slow.output
-        stamps = np.array([stamp_to_seconds(m.header.stamp) for m in received[-25:]])
-        assert abs(np.diff(stamps).mean() - 0.1) <= 0.002
+        mean_period = publish_period([stamp_to_seconds(m.header.stamp) for m in received[-25:]])
+        assert abs(mean_period - 0.1) <= 0.002, f'mean period {mean_period:.4f} s'
         assert max(len(m.points) for m in received) <= 4
         wait_for(lambda: diagnostics and int(diagnostics[-1]['dropped_actions']) > 0, 5, 'dropped actions')
         assert float(diagnostics[-1]['inference_latency_p50_ms']) >= 150

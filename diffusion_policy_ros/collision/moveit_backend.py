@@ -17,7 +17,7 @@ import numpy as np
 
 from .checker import DEFAULT_MAX_JOINT_STEP, CollisionChecker, PathResult, StateResult, interpolate_path
 from .config import CollisionGuardConfig
-from .planner import FallbackPlanner, MotionLimits, Plan, PlanningFailed, choose_goal
+from .planner import FallbackPlanner, GoalChoosingPlanner, MotionLimits, Plan, PlanningFailed
 from .robot_model import RobotModel
 from .scene import Scene
 
@@ -90,7 +90,7 @@ class MoveItChecker:
         return PathResult(True, None, None, waypoints[-1].copy(), len(waypoints) - 1, len(states), states=states)
 
 
-class MoveItPlanner:
+class MoveItPlanner(GoalChoosingPlanner):
     """plan / plan_fallback through /plan_kinematic_path, resampled at the control period."""
 
     def __init__(self, checker: MoveItChecker, client_factory: ClientFactory, *, control_period: float,
@@ -107,17 +107,6 @@ class MoveItPlanner:
         self.goal_tolerance = goal_tolerance
         self._srv = GetMotionPlan
         self.client = client_factory(GetMotionPlan, PLAN_SERVICE)
-
-    @property
-    def joint_names(self) -> tuple[str, ...]:
-        return self.checker.joint_names
-
-    def plan_fallback(self, start: np.ndarray, waypoints: np.ndarray, path_result: PathResult,
-                      planned_joints: Sequence[str] | None = None) -> Plan | PlanningFailed:
-        goal_kind, goal = choose_goal(self.checker, waypoints, path_result)
-        if goal is None:
-            return PlanningFailed('the start state is invalid: nothing can be planned from it', 0.0, goal_kind)
-        return self.plan(start, goal, goal_kind, planned_joints)
 
     def plan(self, start: np.ndarray, goal: np.ndarray, goal_kind: str = 'policy_goal',
              planned_joints: Sequence[str] | None = None) -> Plan | PlanningFailed:

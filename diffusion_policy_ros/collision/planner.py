@@ -91,7 +91,26 @@ class PlanningFailed:
     goal_kind: str | None = None
 
 
-class FallbackPlanner:
+class GoalChoosingPlanner:
+    """What every fallback planner shares: where to plan to, given the failed check of a chunk.
+    Subclasses provide `checker` and `plan(start, goal, goal_kind, planned_joints)`."""
+
+    checker: CollisionChecker
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return self.checker.joint_names
+
+    def plan_fallback(self, start: np.ndarray, waypoints: np.ndarray, path_result: PathResult,
+                      planned_joints: Sequence[str] | None = None) -> Plan | PlanningFailed:
+        """To the chunk's final waypoint when it is valid, otherwise to the path's last safe point."""
+        goal_kind, goal = choose_goal(self.checker, waypoints, path_result)
+        if goal is None:
+            return PlanningFailed('the start state is invalid: nothing can be planned from it', 0.0, goal_kind)
+        return self.plan(start, goal, goal_kind, planned_joints)
+
+
+class FallbackPlanner(GoalChoosingPlanner):
     """RRTConnect + shortcut + ruckig, within `time_budget_s`, sampled every `control_period` s.
 
     `seed` makes plans reproducible (OMPL's random generator is process-wide: each plan reseeds it).
@@ -124,18 +143,6 @@ class FallbackPlanner:
         self.validation_step_fraction = validation_step_fraction
         self.rrt_range = rrt_range
         self._search_spaces: dict[tuple[int, ...], _SearchSpace] = {}
-
-    @property
-    def joint_names(self) -> tuple[str, ...]:
-        return self.checker.joint_names
-
-    def plan_fallback(self, start: np.ndarray, waypoints: np.ndarray, path_result: PathResult,
-                      planned_joints: Sequence[str] | None = None) -> Plan | PlanningFailed:
-        """To the chunk's final waypoint when it is valid, otherwise to the path's last safe point."""
-        goal_kind, goal = choose_goal(self.checker, waypoints, path_result)
-        if goal is None:
-            return PlanningFailed('the start state is invalid: nothing can be planned from it', 0.0, goal_kind)
-        return self.plan(start, goal, goal_kind, planned_joints)
 
     def plan(self, start: np.ndarray, goal: np.ndarray, goal_kind: str = 'policy_goal',
              planned_joints: Sequence[str] | None = None) -> Plan | PlanningFailed:

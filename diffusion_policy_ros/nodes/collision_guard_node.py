@@ -33,7 +33,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
@@ -45,6 +44,7 @@ from diffusion_policy_ros.collision.guard import CollisionGuard, GuardCounters, 
 from diffusion_policy_ros.collision.moveit_backend import CollisionBackend, select_backend
 from diffusion_policy_ros.collision.robot_model import RobotModel
 from diffusion_policy_ros.collision.scene import Scene, SceneObject
+from diffusion_policy_ros.nodes.lifecycle import spin_lifecycle_node
 from diffusion_policy_ros.nodes.messages import (MessageError, joint_state_to_sample, seconds_to_duration,
                                                  trajectory_to_sample)
 from diffusion_policy_ros.robot_description import panda_description
@@ -583,23 +583,7 @@ def main(args: list[str] | None = None) -> int:
         print(f'{NODE_NAME}: {err}', file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        if node.node_params.autostart:
-            node.trigger_configure()
-            if node._state_machine.current_state[1] != 'inactive':
-                node.get_logger().error('autostart: configure failed; waiting for lifecycle transitions')
-            else:
-                node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._release()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_lifecycle_node(node, node.node_params.autostart, num_threads=4)
 
 
 if __name__ == '__main__':

@@ -18,7 +18,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -30,6 +29,7 @@ from diffusion_policy_ros.control.controller import ControllerConfig, PolicyCont
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
 from diffusion_policy_ros.data.image_codec import ImageDecodeError, message_to_rgb8, prepare_model_image
+from diffusion_policy_ros.nodes.lifecycle import spin_lifecycle_node
 from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
 from diffusion_policy_ros.nodes.params import declare_parameters
 from diffusion_policy_ros.robot_description import PANDA_JOINTS, panda_description
@@ -388,24 +388,7 @@ class PolicyNode(LifecycleNode):
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = PolicyNode()
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        if node.params.autostart:
-            node.trigger_configure()
-            if node._state_machine.current_state[1] != 'inactive':
-                node.get_logger().error('autostart: configure failed; waiting for lifecycle transitions')
-            else:
-                node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node._release()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return spin_lifecycle_node(node, node.params.autostart, num_threads=3)
 
 
 if __name__ == '__main__':

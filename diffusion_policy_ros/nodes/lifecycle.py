@@ -1,0 +1,29 @@
+"""Running a LifecycleNode as its own process: the shared `main` of policy_node and collision_guard_node."""
+from __future__ import annotations
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode
+
+
+def spin_lifecycle_node(node: LifecycleNode, autostart: bool, num_threads: int) -> int:
+    """Spin `node` until Ctrl-C. With `autostart` it configures and activates itself (so the
+    executable alone runs); if configure fails it stays up, unconfigured, waiting for transitions from
+    a launch file or `bringup`. The node's `_release()` frees its resources on the way out."""
+    executor = MultiThreadedExecutor(num_threads=num_threads)
+    executor.add_node(node)
+    try:
+        if autostart:
+            node.trigger_configure()
+            if node._state_machine.current_state[1] != 'inactive':
+                node.get_logger().error('autostart: configure failed; waiting for lifecycle transitions')
+            else:
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._release()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
