@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=30)
     parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads (the node default on the sim: 1)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--compile', action='store_true',
+                        help="also time the project path with the denoiser under torch.compile (policy_node's "
+                             "accelerate: torch_compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     paths = [Path(p) for p in args.models] if args.models else sorted(
@@ -97,6 +100,14 @@ def main() -> None:
                               args.repeats)
             rows[f'ddim_{steps}'] = {'project': ours, 'diffusers_reference': reference,
                                      'speedup_median': round(reference['median_ms'] / ours['median_ms'], 3)}
+        if args.compile and hasattr(policy, 'denoiser'):
+            eager = policy.denoiser
+            policy.denoiser = torch.compile(eager, dynamic=False)
+            for steps in args.steps:
+                generator = torch.Generator(device=args.device).manual_seed(0)
+                rows[f'ddim_{steps}']['project_torch_compile'] = timed(
+                    lambda: policy.predict_action_chunk(observation(policy, raw, rng), steps, generator), args.repeats)
+            policy.denoiser = eager
         results[path.name] = {'parameters': sum(p.numel() for p in policy.parameters()),
                               'cameras': policy.obs_spec.camera_keys, 'image_shape': policy.obs_spec.image_shape,
                               'latency': rows}

@@ -338,8 +338,10 @@ def test_replay_through_policy_and_guard_records_and_scores(tmp_path, episode_ba
     assert all(v >= 0 and math.isfinite(v) for v in errors['mae_per_joint'].values())
     assert 0 < errors['zero_action']['mae'] < 0.1  # the arm follows its commands closely
     guard = report['guard']
-    assert guard['chunks_reviewed'] >= report['policy_outputs'] - 1
-    assert guard['blocked_chunks'] is not None and guard['outputs'] >= report['policy_outputs'] - 1
+    # The guard keeps only the newest proposal (a newer chunk supersedes an older one), so under load at
+    # --rate 2 it may skip a few; it must still review and forward nearly all of them.
+    assert guard['chunks_reviewed'] >= 0.8 * report['policy_outputs']
+    assert guard['blocked_chunks'] is not None and guard['outputs'] >= 0.8 * report['policy_outputs']
     # HOLD and latency depend on how busy the CPU is (a slow inference runs chunks out: NO_CHUNK);
     # what must hold is that they are measured, per tick, and consistent
     hold = report['hold']

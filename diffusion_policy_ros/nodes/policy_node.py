@@ -388,7 +388,8 @@ class PolicyNode(LifecycleNode):
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = PolicyNode()
-    return spin_lifecycle_node(node, node.params.autostart, num_threads=3)
+    # Every callback is short (DDIM runs on the worker thread), so one executor thread serves them all.
+    return spin_lifecycle_node(node, node.params.autostart, num_threads=1)
 
 
 if __name__ == '__main__':
