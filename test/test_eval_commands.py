@@ -130,3 +130,16 @@ def test_denoising_traces_start_from_the_same_noise_and_end_at_the_policy_sample
         denoising_traces(tiny_policy('bc'), window)
     with pytest.raises(ValueError, match='joints must be indices'):
         visualize_denoising(policy, '/nonexistent', joints=(9,))
+
+
+def test_sweep_plot_accepts_all_and_none_successes(tmp_path):
+    """Wilson bounds at 0/10 and 10/10 equal the rate only up to rounding; the plot must still draw."""
+    from diffusion_policy_ros.sim.evaluate import wilson_interval
+    from diffusion_policy_ros.sim.sweeps import SweepResult, SweepRow, plot_sweep
+    rows = [SweepRow(value=v, requested=[v], successes=s, episodes=10, success_rate=s / 10,
+                     success_ci95=wilson_interval(s, 10), latency_p50_ms=1.0, latency_p99_ms=2.0,
+                     mean_squared_jerk=1.0, latency_s=0.1) for v, s in ((1, 0), (5, 10), (10, 7))]
+    path = tmp_path / 'sweep.png'
+    plot_sweep(SweepResult(what='ddim_steps', task='reach_around', policy='test', seeds=list(range(10)),
+                           rows=rows), path)
+    assert path.stat().st_size > 1000

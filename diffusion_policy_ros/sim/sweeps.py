@@ -188,8 +188,9 @@ def plot_sweep(result: SweepResult, path: Path) -> None:
 
     x = [row.value for row in result.rows]
     rate = [row.success_rate for row in result.rows]
-    low = [row.success_rate - row.success_ci95[0] for row in result.rows]
-    high = [row.success_ci95[1] - row.success_rate for row in result.rows]
+    # Wilson bounds at 0 % or 100 % equal the rate up to rounding: clip, matplotlib rejects -1e-17.
+    low = [max(0.0, row.success_rate - row.success_ci95[0]) for row in result.rows]
+    high = [max(0.0, row.success_ci95[1] - row.success_rate) for row in result.rows]
     figure = Figure(figsize=(9, 3.6), layout='constrained')
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
