@@ -326,7 +326,10 @@ def test_arm_only_command_leaves_the_gripper_where_it_is(sim):
 
 def test_malformed_commands_are_rejected_and_the_arm_keeps_its_command(sim):
     held = sim.positions()
-    before = sim.status.latest()
+    # The status is published at 2 Hz: take a fresh one, so a command the previous test sent just
+    # before is already counted in `before`.
+    now = stamp_to_seconds(sim.clock.latest().clock)
+    before = sim.status.wait_for(lambda s: s['sim_time'] > now + 0.6, 'a fresh status', sim.proc)
     moved = list(held[:7] + 0.3) + [held[7]]  # where each command would take the arm if it were executed
     nan_row = list(moved)
     nan_row[3] = float('nan')
