@@ -44,6 +44,8 @@ JOINT_RATE = 100.0
 TIMEOUT = 20.0
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
+pytestmark = pytest.mark.ros
+
 
 # ---------------------------------------------------------------------- pure helpers (no DDS)
 def test_scene_markers_follow_solid_primitive_sizes_and_clear_the_old_scene():
