@@ -44,7 +44,7 @@ from diffusion_policy_ros.collision.guard import CollisionGuard, GuardCounters, 
 from diffusion_policy_ros.collision.moveit_backend import CollisionBackend, select_backend
 from diffusion_policy_ros.collision.robot_model import RobotModel
 from diffusion_policy_ros.collision.scene import Scene, SceneObject
-from diffusion_policy_ros.nodes.lifecycle import spin_lifecycle_node
+from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
 from diffusion_policy_ros.nodes.messages import (MessageError, joint_state_to_sample, seconds_to_duration,
                                                  trajectory_to_sample)
 from diffusion_policy_ros.robot_description import panda_description
@@ -247,7 +247,7 @@ def _root_link(model: RobotModel) -> str:
 
 
 # ---------------------------------------------------------------------- the node
-class CollisionGuardNode(LifecycleNode):
+class CollisionGuardNode(ReleasingLifecycleNode):
     """ROS plumbing around `CollisionGuard`: subscriptions feed the measured state and the scene,
     each proposed chunk gets one `review`, and the decision is published to the controller."""
 
@@ -370,14 +370,6 @@ class CollisionGuardNode(LifecycleNode):
         self._destroy_timer()
         self.get_logger().info('deactivated: proposed chunks are no longer forwarded')
         return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _destroy_timer(self) -> None:
         if self._timer is not None:

@@ -1,9 +1,25 @@
-"""Running a LifecycleNode as its own process: the shared `main` of policy_node and collision_guard_node."""
+"""What policy_node and collision_guard_node share as LifecycleNodes: cleanup/shutdown release
+everything, and the `main` that runs one as its own process."""
 from __future__ import annotations
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleNode
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+
+class ReleasingLifecycleNode(LifecycleNode):
+    """Cleanup and shutdown both free what configure created; subclasses implement `_release()`."""
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
 
 
 def spin_lifecycle_node(node: LifecycleNode, autostart: bool, num_threads: int) -> int:

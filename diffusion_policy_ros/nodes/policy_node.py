@@ -18,7 +18,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool, Trigger
@@ -29,7 +29,7 @@ from diffusion_policy_ros.control.controller import ControllerConfig, PolicyCont
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
 from diffusion_policy_ros.data.image_codec import ImageDecodeError, message_to_rgb8, prepare_model_image
-from diffusion_policy_ros.nodes.lifecycle import spin_lifecycle_node
+from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
 from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
 from diffusion_policy_ros.nodes.params import declare_parameters
 from diffusion_policy_ros.robot_description import PANDA_JOINTS, panda_description
@@ -113,7 +113,7 @@ def joint_limits_for(params: PolicyNodeParams, joint_names: list[str]) -> JointL
     raise ValueError('no joint limits: set position_lower/position_upper/max_velocity or robot_description')
 
 
-class PolicyNode(LifecycleNode):
+class PolicyNode(ReleasingLifecycleNode):
     """ROS plumbing around `PolicyController`: subscriptions feed its history, a timer ticks it."""
 
     def __init__(self, **kwargs) -> None:
@@ -242,14 +242,6 @@ class PolicyNode(LifecycleNode):
         self._stop_loop()
         self.get_logger().info('deactivated: no more commands are published')
         return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _stop_loop(self) -> None:
         for timer in self._timers:
