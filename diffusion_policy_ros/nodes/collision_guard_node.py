@@ -304,15 +304,6 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         return CollisionGuardConfig.from_ros_parameters(values)
 
     # ------------------------------------------------------------------ lifecycle
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            self._configure()
-        except Exception as err:  # noqa: BLE001 - any configuration problem fails the transition with its text
-            self.get_logger().error(f'configure failed: {err}')
-            self._release()
-            return TransitionCallbackReturn.FAILURE
-        return TransitionCallbackReturn.SUCCESS
-
     def _configure(self) -> None:
         p = self.node_params = self._read_node_params()
         self.config = config = self._read_config()

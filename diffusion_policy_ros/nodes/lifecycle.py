@@ -8,10 +8,23 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 
 
 class ReleasingLifecycleNode(LifecycleNode):
-    """Cleanup and shutdown both free what configure created; subclasses implement `_release()`."""
+    """Configure runs `_configure()`; any error in it fails the transition with its text and frees what
+    was made so far. Cleanup and shutdown free everything too. Subclasses implement both methods."""
+
+    def _configure(self) -> None:
+        raise NotImplementedError
 
     def _release(self) -> None:
         raise NotImplementedError
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as err:  # noqa: BLE001 - any configuration problem fails the transition with its text
+            self.get_logger().error(f'configure failed: {err}')
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()

@@ -140,15 +140,6 @@ class PolicyNode(ReleasingLifecycleNode):
         self.create_service(Trigger, '~/stop', self._on_stop, callback_group=services)
 
     # ------------------------------------------------------------------ lifecycle
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            self._configure()
-        except Exception as err:  # noqa: BLE001 - any configuration problem fails the transition with its text
-            self.get_logger().error(f'configure failed: {err}')
-            self._release()
-            return TransitionCallbackReturn.FAILURE
-        return TransitionCallbackReturn.SUCCESS
-
     def _configure(self) -> None:
         from diffusion_policy_ros.core.checkpoint import load_checkpoint
         p = self.params
