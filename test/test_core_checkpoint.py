@@ -154,3 +154,39 @@ def test_no_pickle_anywhere():
     """Checkpoint code never calls torch.load/pickle (a checkpoint must not be able to run code)."""
     source = (Path(__file__).resolve().parents[1] / 'diffusion_policy_ros' / 'core' / 'checkpoint.py').read_text()
     assert 'torch.load(' not in source and 'import pickle' not in source
+
+
+def test_half_precision_storage_halves_the_file_and_loads_back_as_float32(saved, tmp_path):
+    policy, directory = saved
+    half = save_checkpoint(policy, tmp_path / 'half', {'dataset': 'toy'}, storage_dtype='float16')
+    full_size, half_size = ((d / 'model.safetensors').stat().st_size for d in (directory, half))
+    assert half_size < 0.55 * full_size
+    loaded = load_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    expected = policy.predict_action_chunk(window(), generator=torch.Generator().manual_seed(3))
+    found = loaded.predict_action_chunk(window(), generator=torch.Generator().manual_seed(3))
+    assert np.abs(expected - found).max() < 0.05 * (np.abs(expected).max() + 1e-6)
+    with pytest.raises(ValueError, match='storage_dtype'):
+        save_checkpoint(policy, tmp_path / 'x', storage_dtype='int8')
+
+
+def test_weights_of_a_non_float_dtype_are_reported(saved):
+    _, directory = saved
+    weights = directory / 'model.safetensors'
+    tensors = load_file(str(weights))
+    tensors['denoiser.final_conv.1.weight'] = tensors['denoiser.final_conv.1.weight'].to(torch.int32)
+    save_file(tensors, str(weights))
+    with pytest.raises(CheckpointError, match=r"tensor 'denoiser\.final_conv\.1\.weight' has dtype torch\.int32"):
+        load_checkpoint(directory)
+
+
+def test_dp_ros_export_writes_a_half_precision_copy_with_provenance(saved, tmp_path, capsys):
+    from diffusion_policy_ros.cli import main
+    _, directory = saved
+    assert main(['export', str(directory), str(tmp_path / 'release')]) == 0
+    assert 'float16 weights' in capsys.readouterr().out
+    config = json.loads((tmp_path / 'release' / 'config.json').read_text())
+    assert config['provenance']['dataset'] == 'toy' and config['provenance']['storage_dtype'] == 'float16'
+    assert config['provenance']['exported_from'] == str(directory)
+    assert load_file(str(tmp_path / 'release' / 'model.safetensors'))['denoiser.final_conv.1.weight'].dtype == torch.float16
+    load_checkpoint(tmp_path / 'release')

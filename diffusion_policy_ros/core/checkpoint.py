@@ -31,11 +31,21 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used; the message names the file and what is wrong."""
 
 
-def save_checkpoint(policy: Policy, directory: str | os.PathLike, provenance: dict[str, Any] | None = None) -> Path:
+# Storage precisions a checkpoint may hold its floating-point weights in; they load back as float32.
+STORAGE_DTYPES: dict[str, torch.dtype] = {'float32': torch.float32, 'float16': torch.float16,
+                                          'bfloat16': torch.bfloat16}
+
+
+def save_checkpoint(policy: Policy, directory: str | os.PathLike, provenance: dict[str, Any] | None = None,
+                    storage_dtype: str = 'float32') -> Path:
     """Write `directory`/model.safetensors and `directory`/config.json; returns the directory.
 
-    Each file is written to a temporary name and renamed, so a reader never sees half a file.
+    `storage_dtype` 'float16' halves the file (for checkpoints kept in git); the weights load back as
+    float32. Each file is written to a temporary name and renamed, so a reader never sees half a file.
     """
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f'storage_dtype must be one of {sorted(STORAGE_DTYPES)}, got {storage_dtype!r}')
+    dtype = STORAGE_DTYPES[storage_dtype]
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -51,7 +61,8 @@ def save_checkpoint(policy: Policy, directory: str | os.PathLike, provenance: di
     except (TypeError, ValueError) as exc:
         raise ValueError(f'checkpoint provenance must be JSON-serialisable (str, numbers, lists, dicts): '
                          f'{exc}') from None
-    tensors = {name: tensor.detach().to('cpu').contiguous() for name, tensor in policy.state_dict().items()}
+    tensors = {name: tensor.detach().to('cpu', dtype=dtype if tensor.is_floating_point() else tensor.dtype).contiguous()
+               for name, tensor in policy.state_dict().items()}
     _atomic_write(directory / WEIGHTS_FILE, lambda path: save_file(tensors, str(path), metadata={'format': 'pt'}))
     _atomic_write(directory / CONFIG_FILE, lambda path: Path(path).write_text(config_text + '\n'))
     return directory
@@ -130,11 +141,16 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = 'cpu')
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(f'{weights_path}: tensor {name!r} has shape {tuple(tensor.shape)} but '
                                   f'{config_path.name} expects {tuple(expected[name].shape)}')
-        if tensor.dtype != expected[name].dtype:
+        if tensor.dtype != expected[name].dtype and not _is_storage_precision(tensor, expected[name]):
             raise CheckpointError(f'{weights_path}: tensor {name!r} has dtype {tensor.dtype}, '
                                   f'expected {expected[name].dtype}')
-    policy.load_state_dict(tensors, strict=True)
+    policy.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in tensors.items()}, strict=True)
     return policy.to(device).eval()
+
+
+def _is_storage_precision(stored: torch.Tensor, expected: torch.Tensor) -> bool:
+    """A float tensor saved at a lower storage precision (see `save_checkpoint`) is fine to upcast."""
+    return expected.is_floating_point() and stored.dtype in STORAGE_DTYPES.values()
 
 
 def _read_weights(weights_path: Path) -> dict[str, torch.Tensor]:
