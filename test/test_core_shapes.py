@@ -98,7 +98,7 @@ def test_crops_random_in_training_centre_at_inference():
     assert not torch.equal(encoder(frames), encoder(frames))  # train: a new random crop every call
     with pytest.raises(ValueError, match=r'crop_shape \(41, 8\) does not fit'):
         ImageEncoder(IMAGE, crop_shape=(41, 8))
-    with pytest.raises(ValueError, match=r'gives a \(1, 2\) feature map; spatial softmax needs >= 2x2'):
+    with pytest.raises(ValueError, match=r'gives a \(1, 2\) feature map with 4 ResNet stages; spatial softmax needs >= 2x2'):
         ImageEncoder(IMAGE, crop_shape=(32, 44))
 
 
@@ -221,3 +221,16 @@ def test_training_works_after_inference_filled_the_caches(denoiser):
     batch = {'wrist': torch.rand(2, 2, 3, *IMAGE), 'state': torch.randn(2, 2, 4), 'action': torch.randn(2, 8, 3)}
     policy.compute_loss(batch).backward()
     assert policy.obs_encoder.image_encoders['wrist'].keypoints.keypoint_conv.weight.grad.abs().sum() > 0
+
+
+def test_fewer_resnet_stages_give_a_finer_keypoint_map():
+    """64 px images: 2x2 features after 4 stages, 4x4 after 3 (finer keypoints, less compute)."""
+    from diffusion_policy_ros.core.encoders import ImageEncoder
+    assert ResNet18GN(width=8)(torch.randn(1, 3, 64, 64)).shape == (1, 64, 2, 2)
+    assert ResNet18GN(width=8, stages=3)(torch.randn(1, 3, 64, 64)).shape == (1, 32, 4, 4)
+    encoder = ImageEncoder((64, 64), (60, 60), width=8, num_kp=4, feature_dim=6, stages=3)
+    assert encoder(torch.randn(2, 3, 64, 64)).shape == (2, 6)
+    with pytest.raises(ValueError, match='>= 17 px'):
+        ImageEncoder((16, 16), None, width=8, stages=3)
+    with pytest.raises(ValueError, match='stages must be 1..4'):
+        ResNet18GN(width=8, stages=5)

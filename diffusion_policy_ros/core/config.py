@@ -143,12 +143,14 @@ class TransformerConfig(_DictMixin):
 class EncoderConfig(_DictMixin):
     """Observation encoder settings.
 
-    resnet_width 64 is ResNet-18; smaller widths give small, fast models. crop_shape None means no
+    resnet_width 64 is ResNet-18; smaller widths give small, fast models. resnet_stages < 4 ends the
+    trunk early, for a finer keypoint map on small images (see ResNet18GN). crop_shape None means no
     crop (random crop in training / centre crop at inference otherwise). state_mlp_dims () keeps the
     state as it is (identity), otherwise a Mish MLP with those hidden/output sizes.
     """
 
     resnet_width: int = 64
+    resnet_stages: int = 4
     crop_shape: tuple[int, int] | None = None
     num_keypoints: int = 32
     image_feature_dim: int = 64

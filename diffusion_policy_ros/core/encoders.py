@@ -42,28 +42,33 @@ class _BasicBlock(nn.Module):
 class ResNet18GN(nn.Module):
     """ResNet-18 trunk (no pooling/fc) with GroupNorm; `width` 64 is the standard network.
 
-    (N, in_channels, H, W) -> (N, 8 * width, ~H/32, ~W/32).
+    (N, in_channels, H, W) -> (N, 2**(stages-1) * width, ~H/2**(stages+1), ~W/2**(stages+1)).
+    `stages` < 4 stops early: a finer feature map (4x4 instead of 2x2 for a 64 px image) lets the
+    spatial softmax place keypoints more precisely, for less compute.
     """
 
-    def __init__(self, width: int = 64, in_channels: int = 3) -> None:
+    def __init__(self, width: int = 64, in_channels: int = 3, stages: int = 4) -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f'ResNet18GN width must be >= 1, got {width}')
+        if stages not in (1, 2, 3, 4):
+            raise ValueError(f'ResNet18GN stages must be 1..4, got {stages}')
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), _group_norm(width),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-        stages, channels = [], width
-        for i, out_channels in enumerate((width, 2 * width, 4 * width, 8 * width)):
+        blocks, channels = [], width
+        for i, out_channels in enumerate((width, 2 * width, 4 * width, 8 * width)[:stages]):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(_BasicBlock(channels, out_channels, stride),
+            blocks.append(nn.Sequential(_BasicBlock(channels, out_channels, stride),
                                         _BasicBlock(out_channels, out_channels, 1)))
             channels = out_channels
-        self.stages = nn.Sequential(*stages)
+        self.stages = nn.Sequential(*blocks)
         self.out_channels = channels
 
     @staticmethod
-    def feature_size(size: int) -> int:
-        """Output length of one spatial side: five (k3/k7, stride 2, 'same' padding) halvings."""
-        for _ in range(5):
+    def feature_size(size: int, stages: int = 4) -> int:
+        """Output length of one spatial side: stem conv, max-pool and one per stage after the first
+        ((k3/k7, stride 2, 'same' padding) halvings)."""
+        for _ in range(stages + 1):
             size = (size - 1) // 2 + 1
         return size
 
@@ -128,7 +133,7 @@ class ImageEncoder(nn.Module):
     """
 
     def __init__(self, image_shape: tuple[int, int], crop_shape: tuple[int, int] | None = None,
-                 width: int = 64, num_kp: int = 32, feature_dim: int = 64) -> None:
+                 width: int = 64, num_kp: int = 32, feature_dim: int = 64, stages: int = 4) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
         if crop_shape is not None:
@@ -137,12 +142,13 @@ class ImageEncoder(nn.Module):
             if not fits:
                 raise ValueError(f'crop_shape {crop_shape} does not fit in image_shape {tuple(image_shape)}')
         self.crop_shape = crop_shape
-        feature_shape = tuple(ResNet18GN.feature_size(n) for n in (crop_shape or image_shape))
+        feature_shape = tuple(ResNet18GN.feature_size(n, stages) for n in (crop_shape or image_shape))
         if min(feature_shape) < 2:
             # A 1-pixel map makes every keypoint (0, 0): the camera would be silently ignored.
             raise ValueError(f'input {tuple(crop_shape or image_shape)} (crop or image) gives a {feature_shape} '
-                             'feature map; spatial softmax needs >= 2x2, i.e. images/crops of >= 33 px per side')
-        self.backbone = ResNet18GN(width)
+                             f'feature map with {stages} ResNet stages; spatial softmax needs >= 2x2, i.e. '
+                             f'images/crops of >= {2 ** (stages + 1) + 1} px per side')
+        self.backbone = ResNet18GN(width, stages=stages)
         self.keypoints = SpatialSoftmax(self.backbone.out_channels, num_kp)
         self.project = nn.Linear(2 * num_kp, feature_dim)
         self.output_dim = feature_dim
@@ -188,7 +194,7 @@ class ObservationEncoder(nn.Module):
 
         def make() -> ImageEncoder:
             return ImageEncoder(obs_spec.image_shape, cfg.crop_shape, cfg.resnet_width, cfg.num_keypoints,
-                                cfg.image_feature_dim)
+                                cfg.image_feature_dim, cfg.resnet_stages)
 
         self.share_encoder = cfg.share_encoder
         if not self.camera_keys:
