@@ -190,3 +190,16 @@ def test_dp_ros_export_writes_a_half_precision_copy_with_provenance(saved, tmp_p
     assert config['provenance']['exported_from'] == str(directory)
     assert load_file(str(tmp_path / 'release' / 'model.safetensors'))['denoiser.final_conv.1.weight'].dtype == torch.float16
     load_checkpoint(tmp_path / 'release')
+
+
+def test_export_can_set_the_execution_defaults_and_refuses_impossible_ones(saved, tmp_path):
+    from diffusion_policy_ros.training.export import export_checkpoint
+    policy, directory = saved
+    out = export_checkpoint(directory, tmp_path / 'tuned', 'float32', n_action_steps=2, num_inference_steps=3)
+    loaded = load_checkpoint(out)
+    assert (loaded.cfg.n_action_steps, loaded.cfg.sampler.num_inference_steps) == (2, 3)
+    assert loaded.cfg.horizon == policy.cfg.horizon
+    overrides = json.loads((out / 'config.json').read_text())['provenance']['execution_overrides']
+    assert overrides == {'n_action_steps': 2, 'num_inference_steps': 3}
+    with pytest.raises(ValueError, match='n_action_steps 99'):
+        export_checkpoint(directory, tmp_path / 'bad', n_action_steps=99)
