@@ -402,19 +402,29 @@ def test_runtime_parameters_are_validated(sim):
 def test_a_finished_episode_holds_until_reset(sim):
     before = sim.status.latest()
     episode, accepted = before['episode'], before['commands_accepted']
-    assert all(r.successful for r in sim.set_parameters(episode_seconds=0.6))
+    assert all(r.successful for r in sim.set_parameters(episode_seconds=1.5))
     assert sim.reset().success
+    # Right after a reset commands are ignored (reset_settle_s): one computed from the last episode's
+    # measurements would drag the arm back to where that episode ended.
+    stale = sim.positions()
+    stale[1] += 0.5
+    sim.send(_trajectory(PANDA_JOINTS, [stale], [0.1]))
+    settled = sim.status.wait_for(lambda s: s['episode'] == episode + 1 and s['episode_time'] >= 0.2
+                                  and s['commands_ignored_settling'] > before['commands_ignored_settling'],
+                                  'the command ignored while settling', sim.proc)
+    assert settled['commands_accepted'] == accepted
     slow = sim.positions()
+    assert abs(slow[1] - stale[1]) > 0.4, 'the arm followed a command sent while the reset settled'
     slow[0] += 1.0
     sim.send(_trajectory(PANDA_JOINTS, [slow], [3.0]))  # still under way when the time limit hits
     done = sim.status.wait_for(lambda s: s['episode'] == episode + 1 and s['done'], 'the time limit', sim.proc)
-    assert done['holding'] and not done['success'] and done['time_limit'] == pytest.approx(0.6)
+    assert done['holding'] and not done['success'] and done['time_limit'] == pytest.approx(1.5)
     assert done['commands_accepted'] == accepted + 1, 'the slow command should start before the time limit'
     sim.joint_states.wait_count(20, 'joint states after the time limit', sim.proc)
     held = sim.positions()
     sim.joint_states.wait_count(50, 'more joint states', sim.proc)
     assert _converged(sim, held, 0.005), 'the arm kept following its trajectory after the time limit'
-    assert held[0] < slow[0] - 0.5
+    assert held[0] < slow[0] - 0.4
     moved = held.copy()
     moved[0] += 0.3
     sim.send(_trajectory(PANDA_JOINTS, [moved], [0.1]))

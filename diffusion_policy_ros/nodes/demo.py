@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_CONFIG = 'config/sim.yaml'
+POLICY_START_AFTER_S = 0.3  # sim seconds after a reset before the policy runs again (see the episode loop)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,17 +122,18 @@ def _set_sim_parameters(node, values: dict, timeout: float = 10.0) -> None:
     del rclpy
 
 
-def _reset_sim(node, timeout: float = 10.0) -> None:
+def _trigger(node, service: str, timeout: float = 10.0) -> None:
+    """Call a std_srvs/Trigger service (spun by the caller's executor) and require success."""
     from std_srvs.srv import Trigger
-    client = node.create_client(Trigger, '/sim_robot_node/reset')
+    client = node.create_client(Trigger, service)
     if not client.wait_for_service(timeout_sec=timeout):
-        raise RuntimeError('sim_robot_node offers no ~/reset service')
+        raise RuntimeError(f'no {service} service')
     future = client.call_async(Trigger.Request())
     deadline = time.monotonic() + timeout
     while not future.done() and time.monotonic() < deadline:
         time.sleep(0.01)
     if not future.done() or not future.result().success:
-        raise RuntimeError(f'sim reset failed: {future.result().message if future.done() else "timeout"}')
+        raise RuntimeError(f'{service} failed: {future.result().message if future.done() else "timeout"}')
     node.destroy_client(client)
 
 
@@ -187,9 +189,17 @@ def run(args: argparse.Namespace) -> int:
             seed = args.seed + i
             _set_sim_parameters(monitor_node, {'seed': seed})
             monitor.capture = i == 0
-            _reset_sim(monitor_node)
+            # Between episodes the policy holds: it must not finish the last episode's chunk, or act on
+            # its observations, in the new one (the arm jumps back to its start pose at a reset).
+            _trigger(monitor_node, '/policy_node/stop')
+            _trigger(monitor_node, '/sim_robot_node/reset')
             _wait(lambda: monitor.snapshot_status().get('seed') == seed and
                   not monitor.snapshot_status().get('done'), 30, f'episode {i + 1} to start', bringup)
+            # Start once the policy's observation window (2 ticks) holds only the new episode, and the
+            # sim takes commands again (sim_robot_node reset_settle_s).
+            _wait(lambda: float(monitor.snapshot_status().get('episode_time', 0.0)) >= POLICY_START_AFTER_S, 30,
+                  f'episode {i + 1} to settle', bringup)
+            _trigger(monitor_node, '/policy_node/start')
             limit = float(monitor.snapshot_status().get('time_limit', 30.0))
             _wait(lambda: monitor.snapshot_status().get('done'), limit * 4 + 30, f'episode {i + 1} to end', bringup)
             monitor.capture = False

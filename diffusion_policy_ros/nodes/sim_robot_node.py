@@ -89,6 +89,10 @@ class SimRobotParams:
     max_command_lead_s: float = field(default=10.0, metadata={
         'help': 'reject commands stamped more than this ahead of sim time: such a stamp is almost always '
                 'wall time from a publisher not on /clock, and would never start'})
+    reset_settle_s: float = field(default=0.2, metadata={
+        'help': 'ignore commands for this long (sim time) after a reset: a reset moves the arm at once, which '
+                'no real arm does, and a command sent before the sender saw the new episode would drag the '
+                'arm back to where the last episode ended'})
 
     def __post_init__(self) -> None:
         problems = []
@@ -98,6 +102,8 @@ class SimRobotParams:
             problems.append(f'physics_hz must be >= 200, got {self.physics_hz}')
         if not self.joint_state_rate_hz >= 50:
             problems.append(f'joint_state_rate_hz must be >= 50, got {self.joint_state_rate_hz}')
+        if not self.reset_settle_s >= 0:
+            problems.append(f'reset_settle_s must be >= 0, got {self.reset_settle_s}')
         for name in ('camera_rate_hz', 'clock_rate_hz', 'status_rate_hz', 'max_command_lead_s'):
             if not getattr(self, name) > 0:
                 problems.append(f'{name} must be > 0, got {getattr(self, name)}')
@@ -238,7 +244,8 @@ class SimRobotNode(Node):
         self._offset_ns = 0  # /clock time of this episode's sim time 0
         self._clock_ns = 0  # /clock time of the latest physics state
         self._done_holding = False
-        self._counts = {'commands_accepted': 0, 'commands_rejected': 0, 'commands_ignored_done': 0}
+        self._counts = {'commands_accepted': 0, 'commands_rejected': 0, 'commands_ignored_done': 0,
+                        'commands_ignored_settling': 0}
         self._last_rejection = ''
         self._measured_rtf: float | None = None
         self._lag_resyncs = 0
@@ -329,15 +336,17 @@ class SimRobotNode(Node):
             self._reject(f'malformed JointTrajectory ({type(err).__name__}: {err})')
             return
         with self._lock:
+            ignored = ''
             if self._done_holding:
                 self._counts['commands_ignored_done'] += 1
-                ignored = True
+                ignored = 'is done: holding until ~/reset'
+            elif self._episode > 1 and self.arm.sim_time < self.params.reset_settle_s:
+                self._counts['commands_ignored_settling'] += 1
+                ignored = f'was reset {self.arm.sim_time:.3f} s ago (reset_settle_s {self.params.reset_settle_s:g})'
             else:
-                ignored = False
                 reason = self._execute(command)
         if ignored:
-            self.get_logger().info(f'episode {self._episode} is done: holding until ~/reset, command ignored',
-                                   throttle_duration_sec=5.0)
+            self.get_logger().info(f'episode {self._episode} {ignored}, command ignored', throttle_duration_sec=5.0)
         elif reason:
             self._reject(reason)
 
