@@ -1,8 +1,8 @@
 """`dp-ros export`: copy a training checkpoint into a release one (e.g. half-precision weights for git).
 
 Training writes float32 weights next to a resume state; what ships in `models/` is only the policy
-(weights + config.json), and float16 storage halves it with no measurable change in closed loop (the
-shipped pick_place report is measured on the exported file).
+(weights + config.json), and float16 storage halves it. Evaluate the exported copy, not the training
+checkpoint: the shipped pick_place report is measured on the float16 file.
 """
 from __future__ import annotations
 
