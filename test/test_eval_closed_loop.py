@@ -159,3 +159,12 @@ def test_bad_arguments_are_named(arm):
         evaluate(object(), 'reach_around', 1, arm=arm)
     with pytest.raises(ValueError, match='sweep: unknown --what'):
         sweep(oracle, 'reach_around', 'temperature', 1, arm=arm)
+
+
+def test_the_evaluator_renders_at_the_recording_size_and_resizes_like_the_node():
+    """A 64x64 camera policy is trained on 96x96 recordings resized by the dataset (and the node resizes
+    the same way): rendering at 64x64 directly would show it images it never saw."""
+    from diffusion_policy_ros.sim.evaluate import default_sim_config
+    policy = SimpleNamespace(obs_spec=SimpleNamespace(camera_keys=['camera'], image_shape=(64, 64)))
+    cfg = default_sim_config('pick_place', policy)
+    assert (cfg.camera_height, cfg.camera_width) == (SimConfig().camera_height, SimConfig().camera_width) == (96, 96)

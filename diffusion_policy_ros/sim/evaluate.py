@@ -263,10 +263,10 @@ def _camera_map(camera_keys: Sequence[str], overrides: Mapping[str, str] | None)
 
 
 def default_sim_config(task: str, policy: Any, camera_map: Mapping[str, str] | None = None) -> SimConfig:
-    """The sim as the demos were recorded, rendering at the policy's image size (so the resize is a no-op)."""
+    """The sim as the demos were recorded (cameras at SimConfig's size, like sim_robot_node's); images
+    reach the policy through the resize the dataset and the policy node use, so it sees what they see."""
     cameras = _camera_map(policy.obs_spec.camera_keys, camera_map)
-    h, w = policy.obs_spec.image_shape
-    return SimConfig(task=task, camera_height=h, camera_width=w, wrist_camera='wrist' in cameras.values())
+    return SimConfig(task=task, wrist_camera='wrist' in cameras.values())
 
 
 def _example_observation(policy: Any, limits: JointLimits) -> dict[str, np.ndarray]:
@@ -402,7 +402,7 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
     `n_action_steps` None: the checkpoint's. `latency_s` None: measured (module doc), else that many
     sim seconds from observation to chunk (below one control period acts as one period).
     `arm` reuses a simulator (it is reset per episode); `sim_config` overrides the default one
-    (camera size = the policy's image size). `episode_seconds` cuts episodes short of the task's
+    (cameras at the recording size, resized for the policy). `episode_seconds` cuts episodes short of the task's
     time limit (smoke runs). `gif_path` gets a GIF of the first episode.
     """
     if task not in TASKS:
