@@ -103,38 +103,38 @@ class DemoMonitor:
         return {}
 
 
+def _call_service(node, srv_type, service: str, request, timeout: float = 10.0):
+    """The response of `service` (spun by the caller's executor); raises if it is missing or silent."""
+    client = node.create_client(srv_type, service)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise RuntimeError(f'no {service} service')
+        future = client.call_async(request)
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not future.done():
+            raise RuntimeError(f'{service} did not answer within {timeout:g} s')
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
 def _set_sim_parameters(node, values: dict, timeout: float = 10.0) -> None:
-    import rclpy
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter
-    client = node.create_client(SetParameters, '/sim_robot_node/set_parameters')
-    if not client.wait_for_service(timeout_sec=timeout):
-        raise RuntimeError('sim_robot_node offers no set_parameters service')
     request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-    future = client.call_async(request)
-    deadline = time.monotonic() + timeout
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    results = future.result().results if future.done() else []
+    results = _call_service(node, SetParameters, '/sim_robot_node/set_parameters', request, timeout).results
     if not results or not all(r.successful for r in results):
         raise RuntimeError(f'sim_robot_node refused parameters {values}: {[r.reason for r in results]}')
-    node.destroy_client(client)
-    del rclpy
 
 
 def _trigger(node, service: str, timeout: float = 10.0) -> None:
-    """Call a std_srvs/Trigger service (spun by the caller's executor) and require success."""
+    """Call a std_srvs/Trigger service and require success."""
     from std_srvs.srv import Trigger
-    client = node.create_client(Trigger, service)
-    if not client.wait_for_service(timeout_sec=timeout):
-        raise RuntimeError(f'no {service} service')
-    future = client.call_async(Trigger.Request())
-    deadline = time.monotonic() + timeout
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if not future.done() or not future.result().success:
-        raise RuntimeError(f'{service} failed: {future.result().message if future.done() else "timeout"}')
-    node.destroy_client(client)
+    response = _call_service(node, Trigger, service, Trigger.Request(), timeout)
+    if not response.success:
+        raise RuntimeError(f'{service} failed: {response.message}')
 
 
 def _wait(condition, timeout: float, what: str, bringup) -> None:
