@@ -10,7 +10,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..core.checkpoint import STORAGE_DTYPES, load_checkpoint, read_checkpoint_config, resolve_checkpoint, save_checkpoint
+from ..core.checkpoint import (STORAGE_DTYPES, load_checkpoint, read_checkpoint_config, resolve_checkpoint,
+                               save_checkpoint)
 
 
 def export_checkpoint(source: str | Path, out: str | Path, storage_dtype: str = 'float16',
@@ -28,7 +29,8 @@ def export_checkpoint(source: str | Path, out: str | Path, storage_dtype: str = 
         cfg = policy.cfg
         sampler = cfg.sampler if num_inference_steps is None else dataclasses.replace(
             cfg.sampler, num_inference_steps=num_inference_steps)
-        cfg = dataclasses.replace(cfg, sampler=sampler, n_action_steps=n_action_steps or cfg.n_action_steps)
+        actions = cfg.n_action_steps if n_action_steps is None else n_action_steps
+        cfg = dataclasses.replace(cfg, sampler=sampler, n_action_steps=actions)
         policy.cfg = cfg
         provenance['execution_overrides'] = {'n_action_steps': cfg.n_action_steps,
                                              'num_inference_steps': cfg.sampler.num_inference_steps}
