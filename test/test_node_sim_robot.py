@@ -424,7 +424,7 @@ def test_a_finished_episode_holds_until_reset(sim):
     held = sim.positions()
     sim.joint_states.wait_count(50, 'more joint states', sim.proc)
     assert _converged(sim, held, 0.005), 'the arm kept following its trajectory after the time limit'
-    assert held[0] < slow[0] - 0.4
+    assert held[0] < slow[0] - 0.5
     moved = held.copy()
     moved[0] += 0.3
     sim.send(_trajectory(PANDA_JOINTS, [moved], [0.1]))
