@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     if head.command is None:
         parser.print_help()
         return 2
+    from diffusion_policy_ros.nodes.dds import apply_dds_profile
+    apply_dds_profile()  # before any command starts DDS (demo, replay) or a node process
     module = importlib.import_module(head._module)
     sub = argparse.ArgumentParser(prog=f'dp-ros {head.command}', description=COMMANDS[head.command][1])
     module.add_arguments(sub)

@@ -27,13 +27,19 @@ def launch_nodes(path: Path) -> list[dict]:
 
 
 def config_files_named(path: Path) -> list[str]:
-    """Every os.path.join(config, 'NAME') in a launch file."""
+    """Every os.path.join(config, 'DIR', ..., 'NAME') in a launch file, as 'DIR/.../NAME'."""
     names = []
     for call in ast.walk(ast.parse(path.read_text())):
         if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == 'join'
                 and call.args and getattr(call.args[0], 'id', None) == 'config'):
-            names += [a.value for a in call.args[1:] if isinstance(a, ast.Constant)]
+            names.append('/'.join(a.value for a in call.args[1:] if isinstance(a, ast.Constant)))
     return names
+
+
+@pytest.mark.parametrize('path', LAUNCH_FILES, ids=lambda p: p.name)
+def test_launch_files_apply_the_shipped_dds_profile(path):
+    assert 'dds/fastdds.xml' in config_files_named(path)
+    assert 'FASTDDS_DEFAULT_PROFILES_FILE' in path.read_text()
 
 
 def test_there_are_launch_files_for_robot_and_sim():

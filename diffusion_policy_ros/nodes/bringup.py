@@ -23,26 +23,16 @@ import rclpy
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 
+from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.params import load_params_file
+from diffusion_policy_ros.paths import share_dir
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # Executable name -> module, and whether the node is a LifecycleNode bring-up has to drive.
 NODES: dict[str, tuple[str, bool]] = {
     'sim_robot_node': ('diffusion_policy_ros.nodes.sim_robot_node', False),
     'collision_guard_node': ('diffusion_policy_ros.nodes.collision_guard_node', True),
     'policy_node': ('diffusion_policy_ros.nodes.policy_node', True),
 }
-
-
-def share_dir() -> Path:
-    """config/ and models/ live in the source tree, or in share/<pkg> when installed without symlinks."""
-    if (PACKAGE_ROOT / 'config').is_dir():
-        return PACKAGE_ROOT
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory('diffusion_policy_ros'))
-    except Exception:  # noqa: BLE001 - ament index missing: fall back to the source layout
-        return PACKAGE_ROOT
 
 
 def resolve_config(path: str | Path) -> Path:
@@ -176,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='override a parameter of one node, e.g. policy_node.device:=cpu')
     args = parser.parse_args(rclpy.utilities.remove_ros_args(sys.argv)[1:] if argv is None else argv)
     config = resolve_config('config/robot.yaml' if args.robot else args.config)
+    apply_dds_profile()  # for bring-up's own participant and, inherited, for every node it starts
     bringup = BringUp(plan_bringup(config, args.set))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     code = 0
