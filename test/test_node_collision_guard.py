@@ -8,6 +8,7 @@ robot (joint states at HOME), the policy (proposed chunks) and the scene publish
 from __future__ import annotations
 
 import threading
+import time
 
 import coal
 import numpy as np
@@ -23,7 +24,7 @@ from diffusion_policy_ros.collision.checker import CollisionChecker
 from diffusion_policy_ros.collision.config import CollisionGuardConfig
 from diffusion_policy_ros.collision.robot_model import RobotModel
 from diffusion_policy_ros.collision.scene import Scene, SceneObject
-from diffusion_policy_ros.nodes.collision_guard_node import MarkerScene, marker_to_scene_object
+from diffusion_policy_ros.collision.scene_overlay import MarkerScene, marker_to_scene_object
 from diffusion_policy_ros.nodes.messages import (duration_to_seconds, seconds_to_duration, seconds_to_stamp,
                                                  stamp_to_seconds)
 from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS, panda_description
@@ -343,6 +344,59 @@ def test_stale_joint_states_make_the_arm_hold_at_the_last_known_position(guard_n
     robot.wait_diagnostics(lambda d: d['joint_state'] == 'fresh', 'fresh joint states')
     free = trajectory(SMALL_MOTION)
     np.testing.assert_array_equal(positions(robot.propose(free)), positions(free))
+
+
+def test_joint_state_taken_late_is_judged_by_when_it_arrived(robot):
+    """The guard's executor is busy (not spinning) for 0.8 s after the last joint state arrived: when
+    the next chunk is checked, that state is 0.8 s old by its arrival, whatever the time it is read."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    from diffusion_policy_ros.nodes.collision_guard_node import CollisionGuardNode
+    topics = {'input_topic': '/late_test/proposed', 'output_topic': '/late_test/command',
+              'joint_states_topic': '/late_test/joint_states', 'scene_topic': '/late_test/scene'}
+    node = CollisionGuardNode(parameter_overrides=[Parameter(k, value=v) for k, v in topics.items()]
+                              + [Parameter('autostart', value=False), Parameter('max_joint_state_age_s', value=0.5)])
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    joints = robot.node.create_publisher(JointState, topics['joint_states_topic'], qos_profile_sensor_data)
+    proposed = robot.node.create_publisher(JointTrajectory, topics['input_topic'], 10)
+    sent: list[JointTrajectory] = []
+    output = robot.node.create_subscription(JointTrajectory, topics['output_topic'], sent.append, 10)
+    try:
+        node.trigger_configure()
+        node.trigger_activate()
+
+        def publish_state():
+            msg = JointState(name=list(PANDA_JOINTS), position=[float(x) for x in HOME])
+            msg.header.stamp = robot.node.get_clock().now().to_msg()
+            joints.publish(msg)
+
+        def propose_and_spin():
+            count = len(sent)
+            proposed.publish(trajectory(SMALL_MOTION))
+            wait_for(lambda: (executor.spin_once(timeout_sec=0.05), len(sent) > count)[1], 20,
+                     'the in-process guard to answer')
+            return sent[count]
+
+        wait_for(lambda: joints.get_subscription_count() > 0 and proposed.get_subscription_count() > 0
+                 and output.get_publisher_count() > 0, 30, 'discovery')
+        publish_state()
+        fresh = propose_and_spin()
+        np.testing.assert_array_equal(positions(fresh), positions(trajectory(SMALL_MOTION)))  # passed
+
+        publish_state()
+        time.sleep(0.8)  # the guard's executor does not run meanwhile
+        held = propose_and_spin()
+        assert len(held.points) == 1, 'a chunk checked against a 0.8 s old state must not pass'
+        assert 'old by its arrival' in node.diagnostics()['last_reason']
+    finally:
+        node._release()
+        executor.shutdown()
+        node.destroy_node()
+        robot.node.destroy_publisher(joints)
+        robot.node.destroy_publisher(proposed)
+        robot.node.destroy_subscription(output)
 
 
 def test_marker_added_at_run_time_blocks_a_free_chunk_until_it_is_deleted(guard_node, robot):

@@ -1,11 +1,14 @@
 """The collision guard's decisions, free of ROS: what to send the arm for each proposed chunk.
 
 The node converts messages to `TrajectoryChunk`s and a {joint: position} measured state, calls
-`review`, and publishes `decision.trajectory`. Keeping the logic here makes it testable without DDS
-and identical for the embedded and the MoveIt backends.
+`check` on its executor thread (sub-millisecond: free chunks are forwarded at once) and hands a
+`PlanRequest` to a planning thread that calls `plan`; `review` does both in one call. Keeping the
+logic here makes it testable without DDS and identical for the embedded and the MoveIt backends.
 """
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +20,7 @@ import numpy as np
 from .checker import DEFAULT_MAX_JOINT_STEP, PathResult, StateResult
 from .planner import Plan, PlanningFailed
 
-ACTIONS = ('pass', 'replace', 'hold', 'reject')
+ACTIONS = ('pass', 'replace', 'hold', 'reject', 'plan')
 
 
 class StateChecker(Protocol):
@@ -56,11 +59,27 @@ class ReviewStats:
 
 
 @dataclass(frozen=True)
+class PlanRequest:
+    """A blocked chunk waiting for its fallback plan (what `plan` needs, taken when it was checked)."""
+
+    sequence: int  # the check that asked for it
+    measured: Mapping[str, float]
+    start: np.ndarray  # (J,) in the checker's joint order
+    waypoints: np.ndarray  # (K, J) the chunk in the checker's joint order
+    names: tuple[str, ...]  # the chunk's joints
+    columns: np.ndarray  # their columns in the checker's order
+    result: PathResult
+    stats: ReviewStats
+    requested_s: float
+
+
+@dataclass(frozen=True)
 class GuardDecision:
-    action: str  # pass | replace | hold | reject
-    trajectory: TrajectoryChunk | None  # what to publish; None only when no measured state is known
+    action: str  # pass | replace | hold | reject | plan (nothing to publish yet: see plan_request)
+    trajectory: TrajectoryChunk | None  # what to publish; None for 'plan' or when no measured state is known
     reason: str
     stats: ReviewStats = field(default_factory=ReviewStats)
+    plan_request: PlanRequest | None = None
 
 
 # Largest first step a chunk may take out of an invalid measured state (see CollisionGuard._escape).
@@ -77,6 +96,7 @@ class GuardCounters:
     chunks_rejected: int = 0
     fallbacks_planned: int = 0
     planning_failures: int = 0
+    plans_superseded: int = 0  # plans finished after a newer decision had been sent: not sent
     holds: int = 0
     check_latency_s: deque = field(default_factory=lambda: deque(maxlen=1000))
     planning_time_s: deque = field(default_factory=lambda: deque(maxlen=200))
@@ -109,6 +129,11 @@ class CollisionGuard:
         self.clock = clock
         self.counters = GuardCounters()
         self._fallback: _ActiveFallback | None = None
+        # check() runs on the node's executor thread and plan() on its planning thread: the lock covers
+        # the fallback, the counters and the sequence numbers, never a collision check or a plan.
+        self._lock = threading.RLock()
+        self._sequence = 0  # checks so far
+        self._sent_sequence = 0  # the newest check whose decision was sent to the arm
 
     @property
     def fallback_active(self) -> bool:
@@ -116,8 +141,23 @@ class CollisionGuard:
 
     def review(self, measured: Mapping[str, float], chunk: TrajectoryChunk,
                now_s: float | None = None) -> GuardDecision:
+        """`check`, then `plan` in the same thread when the chunk is blocked."""
+        decision = self.check(measured, chunk, now_s)
+        if decision.plan_request is None:
+            return decision
+        return self.plan(decision.plan_request)
+
+    def check(self, measured: Mapping[str, float], chunk: TrajectoryChunk,
+              now_s: float | None = None) -> GuardDecision:
+        """The fast part of a review: pass a free chunk, hold or reject what cannot be used, let a
+        running fallback continue; a blocked chunk that needs a new plan comes back as action 'plan'
+        with a `plan_request` (the arm meanwhile goes on with what it was last sent, which was
+        checked)."""
         now_s = self.clock() if now_s is None else now_s
-        self.counters.chunks_reviewed += 1
+        with self._lock:
+            self._sequence += 1
+            sequence = self._sequence
+            self.counters.chunks_reviewed += 1
         problem = _malformed(chunk, self.checker.joint_names)
         start = None
         if problem is None:
@@ -132,53 +172,86 @@ class CollisionGuard:
         began = time.perf_counter()
         result = self.checker.check_path(start, waypoints, self.max_joint_step)
         check_time = time.perf_counter() - began
-        self.counters.check_latency_s.append(check_time)
         stats = ReviewStats(check_time, result.checked_states, result.first_colliding_index,
                             result.colliding_pair)
-
-        if result.valid:
-            took_over = self._fallback is not None
-            self._fallback = None
-            self.counters.chunks_passed += 1
-            return GuardDecision('pass', chunk, 'free; takes over from the fallback' if took_over else 'free',
-                                 stats)
-
-        self.counters.chunks_blocked += 1
+        with self._lock:
+            self.counters.check_latency_s.append(check_time)
+            if result.valid:
+                took_over = self._fallback is not None
+                self._fallback = None
+                self.counters.chunks_passed += 1
+                self._sent_sequence = sequence
+                return GuardDecision('pass', chunk, 'free; takes over from the fallback' if took_over else 'free',
+                                     stats)
+            self.counters.chunks_blocked += 1
         continued = self._continue_fallback(start, columns, names, now_s)
         if continued is not None:
-            return GuardDecision('replace', continued, f'{result.reason}; fallback continues', stats)
+            return self._sent(sequence, GuardDecision('replace', continued, f'{result.reason}; fallback continues',
+                                                      stats))
         if result.first_colliding_index == -1:
             escape = self._escape(start, waypoints)
             if escape is not None:
-                self._fallback = None
-                self.counters.chunks_passed += 1
-                return GuardDecision('pass', chunk, f'measured state is invalid ({result.reason}); the chunk '
-                                     f'leaves it with a {escape:.3f} rad first step and is free after it', stats)
-            self.counters.holds += 1
-            return GuardDecision('hold', self._hold(measured, names),
-                                 f'measured state is invalid ({result.reason}); holding', stats)
+                with self._lock:
+                    self._fallback = None
+                    self.counters.chunks_passed += 1
+                return self._sent(sequence, GuardDecision(
+                    'pass', chunk, f'measured state is invalid ({result.reason}); the chunk leaves it with a '
+                    f'{escape:.3f} rad first step and is free after it', stats))
+            with self._lock:
+                self.counters.holds += 1
+            return self._sent(sequence, GuardDecision('hold', self._hold(measured, names),
+                                                      f'measured state is invalid ({result.reason}); holding', stats))
+        request = PlanRequest(sequence, dict(measured), start, waypoints, names, columns, result, stats, now_s)
+        return GuardDecision('plan', None, f'{result.reason}; planning a fallback', stats, plan_request=request)
 
-        plan = self.planner.plan_fallback(start, waypoints, result, planned_joints=names)
-        stats = ReviewStats(check_time, result.checked_states, result.first_colliding_index,
-                            result.colliding_pair, plan.planning_time_s, plan.goal_kind)
-        self.counters.planning_time_s.append(plan.planning_time_s)
-        if isinstance(plan, PlanningFailed):
-            self.counters.planning_failures += 1
-            self.counters.holds += 1
-            return GuardDecision('hold', self._hold(measured, names),
-                                 f'{result.reason}; no fallback: {plan.reason}; holding', stats)
-        if len(plan.points) < 2:
-            self.counters.holds += 1
-            return GuardDecision('hold', self._hold(measured, names),
-                                 f'{result.reason}; the last safe point is the current state; holding', stats)
-        self.counters.fallbacks_planned += 1
-        times = plan.times.copy()
-        times[0] = 0.0
-        replacement = TrajectoryChunk(names, plan.points[:, columns], times)
-        self._fallback = _ActiveFallback(replacement, now_s)
-        return GuardDecision('replace', replacement,
-                             f'{result.reason}; replaced by a fallback to the {plan.goal_kind.replace("_", " ")}',
-                             stats)
+    def plan(self, request: PlanRequest) -> GuardDecision | None:
+        """The fallback for a blocked chunk (any thread, one at a time), or None when a newer decision
+        was sent while it planned: the plan starts from an older state than what the arm now runs.
+        A fallback that started while this request waited continues instead, when it is still free."""
+        continued = self._continue_fallback(request.start, request.columns, request.names, self.clock())
+        if continued is not None:
+            with self._lock:
+                if self._sent_sequence > request.sequence:
+                    self.counters.plans_superseded += 1
+                    return None
+                self._sent_sequence = request.sequence
+            return GuardDecision('replace', continued, f'{request.result.reason}; fallback continues',
+                                 request.stats)
+        plan = self.planner.plan_fallback(request.start, request.waypoints, request.result,
+                                          planned_joints=request.names)
+        result = request.result
+        stats = dataclasses.replace(request.stats, planning_time_s=plan.planning_time_s, goal_kind=plan.goal_kind)
+        with self._lock:
+            self.counters.planning_time_s.append(plan.planning_time_s)
+            if self._sent_sequence > request.sequence:
+                self.counters.plans_superseded += 1
+                return None
+            if isinstance(plan, PlanningFailed):
+                self.counters.planning_failures += 1
+                self.counters.holds += 1
+                decision = GuardDecision('hold', self._hold(request.measured, request.names),
+                                         f'{result.reason}; no fallback: {plan.reason}; holding', stats)
+            elif len(plan.points) < 2:
+                self.counters.holds += 1
+                decision = GuardDecision('hold', self._hold(request.measured, request.names),
+                                         f'{result.reason}; the last safe point is the current state; holding',
+                                         stats)
+            else:
+                self.counters.fallbacks_planned += 1
+                times = plan.times.copy()
+                times[0] = 0.0
+                replacement = TrajectoryChunk(request.names, plan.points[:, request.columns], times)
+                self._fallback = _ActiveFallback(replacement, request.requested_s)
+                decision = GuardDecision(
+                    'replace', replacement,
+                    f'{result.reason}; replaced by a fallback to the {plan.goal_kind.replace("_", " ")}', stats)
+            self._sent_sequence = request.sequence
+        return decision
+
+    def _sent(self, sequence: int, decision: GuardDecision) -> GuardDecision:
+        with self._lock:
+            self._sent_sequence = max(self._sent_sequence, sequence)
+        return decision
 
     def _escape(self, start: np.ndarray, waypoints: np.ndarray) -> float | None:
         """The first step's size if a chunk starting in an invalid state (in contact, inside the padding)
@@ -195,7 +268,10 @@ class CollisionGuard:
     def reject(self, measured: Mapping[str, float], joint_names: Sequence[str], problem: str) -> GuardDecision:
         """Refuse a chunk that cannot be checked (also for messages the node cannot even unpack):
         the arm holds where it is measured, and the running fallback ends."""
-        self.counters.chunks_rejected += 1
+        with self._lock:
+            self.counters.chunks_rejected += 1
+            self._sequence += 1
+            self._sent_sequence = self._sequence
         return GuardDecision('reject', self._hold(measured, joint_names), f'rejected: {problem}')
 
     # --- internals --------------------------------------------------------------------------
@@ -218,22 +294,28 @@ class CollisionGuard:
         elapsed = now_s - active.started_s
         times = active.chunk.time_from_start
         if active.chunk.joint_names != names or elapsed >= times[-1]:
-            self._fallback = None
+            self._clear_fallback(active)
             return None
         remaining = times > elapsed
         waypoints = np.repeat(start[None], int(remaining.sum()), axis=0)
         waypoints[:, columns] = active.chunk.positions[remaining]
         if not self.checker.check_path(start, waypoints, self.max_joint_step).valid:
-            self._fallback = None
+            self._clear_fallback(active)
             return None
         return TrajectoryChunk(names, active.chunk.positions[remaining], times[remaining] - elapsed)
+
+    def _clear_fallback(self, active: _ActiveFallback) -> None:
+        with self._lock:
+            if self._fallback is active:
+                self._fallback = None
 
     def _hold(self, measured: Mapping[str, float], names: Sequence[str]) -> TrajectoryChunk | None:
         """One point at the measured position of the commanded joints: the controller stops there.
 
         When the chunk's names are unusable (unknown, repeated, none), the model's measured joints hold.
         """
-        self._fallback = None
+        with self._lock:
+            self._fallback = None
         names = tuple(names)
         if not names or len(set(names)) != len(names) or not set(names) <= set(self.checker.joint_names):
             names = tuple(n for n in self.checker.joint_names if n in measured)

@@ -7,14 +7,16 @@ where move_group runs); no plan in the budget, a malformed chunk or a stale join
 the measured position (the arm holds). The scene comes from the params file and follows a
 `visualization_msgs/MarkerArray` topic at run time (the sim publishes its obstacles there, latched).
 
-Threads: the proposed-trajectory callback (which may plan for up to the planning budget) has its own
-callback group; joint states and scene markers share another, diagnostics a third, and a
-MultiThreadedExecutor runs them, so planning never delays the measured state or a scene update. The
-scene is swapped atomically (`Scene.set_objects`) and the checker rebuilds on its next call.
+Threads: one single-threaded executor runs every callback (rclpy's multi-threaded one busy-polls a
+core while idle); each proposed chunk is checked there on arrival (under a millisecond), and only a
+blocked chunk's fallback plan runs on the planning thread (`collision.planning_worker`), so planning
+never delays the measured state, a scene update or the next free chunk. The scene is swapped
+atomically (`Scene.set_objects`) and the checker, serialised by its own lock, rebuilds on its next call.
 
 Time: stamps and the fallback's clock come from the node clock, so the node runs on `use_sim_time`
-with the sim's /clock like any other; joint-state freshness is judged by wall-clock receive time
-(a stalled driver is stale whatever the sim clock says).
+with the sim's /clock like any other; a joint state is fresh when it arrived (the middleware's
+receive time, wall clock: a stalled driver is stale whatever the sim clock says) and is stamped
+(node clock) within `max_joint_state_age_s`.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,22 +33,26 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from diffusion_policy_ros.collision.config import NODE_NAME, CollisionGuardConfig
 from diffusion_policy_ros.collision.guard import CollisionGuard, GuardCounters, GuardDecision, TrajectoryChunk
 from diffusion_policy_ros.collision.moveit_backend import CollisionBackend, select_backend
+from diffusion_policy_ros.collision.planning_worker import PlanningWorker
 from diffusion_policy_ros.collision.robot_model import RobotModel
-from diffusion_policy_ros.collision.scene import Scene, SceneObject
+from diffusion_policy_ros.collision.scene import Scene
+from diffusion_policy_ros.collision.scene_overlay import MarkerScene
 from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
+from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import (MessageError, joint_state_to_sample, seconds_to_duration,
-                                                 trajectory_to_sample)
+                                                 stamp_to_seconds, trajectory_to_sample)
+from diffusion_policy_ros.nodes.polled import JOINT_STATE_QOS, PolledSubscription
 from diffusion_policy_ros.robot_description import panda_description
 
 
@@ -106,103 +112,6 @@ def _all_parameter_names() -> type:
 PARAMS = _all_parameter_names()  # what bring-up and the params-file test read
 
 
-# ---------------------------------------------------------------------- the run-time scene (pure, tested directly)
-MARKER_SHAPES = {Marker.CUBE: 'box', Marker.SPHERE: 'sphere', Marker.CYLINDER: 'cylinder'}
-
-
-def marker_name(marker: Marker) -> str:
-    """The scene object a marker stands for: its `text` when set (the sim writes the object's name
-    there and in `ns`), else `ns/id`, the identity RViz gives a marker."""
-    text = marker.text.strip()
-    if text:
-        return text
-    return f'{marker.ns}/{marker.id}' if marker.ns else f'marker/{marker.id}'
-
-
-def marker_to_scene_object(marker: Marker, name: str, padding: float | None = None) -> SceneObject:
-    """A CUBE / SPHERE / CYLINDER marker as a scene object; raises ValueError saying what is wrong.
-
-    Marker scales are full extents: a box takes them as edge lengths; a sphere or cylinder whose
-    scales differ (an ellipsoid) is covered by the bounding sphere / round cylinder, never shrunk.
-    """
-    shape = MARKER_SHAPES.get(marker.type)
-    if shape is None:
-        raise ValueError(f'marker {name!r}: type {marker.type} is not CUBE (1), SPHERE (2) or CYLINDER (3)')
-    s = marker.scale
-    if shape == 'box':
-        size = (s.x, s.y, s.z)
-    elif shape == 'sphere':
-        size = (max(s.x, s.y, s.z) / 2.0,)
-    else:
-        size = (s.z, max(s.x, s.y) / 2.0)
-    p, o = marker.pose.position, marker.pose.orientation
-    return SceneObject(name, shape, size, (p.x, p.y, p.z, o.x, o.y, o.z, o.w), padding)
-
-
-@dataclass
-class SceneUpdate:
-    changed: bool
-    applied: int  # markers that added, replaced or deleted something
-    ignored: list[str]  # why each ignored marker was ignored
-
-
-class MarkerScene:
-    """The guard's scene: the params file's objects, overlaid by the objects a marker topic adds.
-
-    ADD (= MODIFY) adds or replaces by name, keeping the params file's per-object padding for that
-    name (a marker has no padding field: the table the gripper may touch stays unpadded). DELETE and
-    DELETEALL remove what markers added; a params-file object a marker had replaced comes back, so the
-    configured static environment cannot be switched off from a topic. Each MarkerArray is applied to
-    the Scene in one atomic step.
-    """
-
-    def __init__(self, scene: Scene, configured: Iterable[SceneObject], frames: Iterable[str]) -> None:
-        self.scene = scene
-        self.configured = {o.name: o for o in configured}
-        self.frames = {f.lstrip('/') for f in frames} | {''}
-        self._from_markers: dict[str, SceneObject] = {}
-        self._name_of: dict[tuple[str, int], str] = {}  # (ns, id) -> object name, for DELETE
-        self.scene.set_objects(self.configured.values())
-
-    def apply(self, markers: Iterable[Marker]) -> SceneUpdate:
-        applied, ignored = 0, []
-        for marker in markers:
-            key = (marker.ns, marker.id)
-            if marker.action == Marker.DELETEALL:
-                applied += bool(self._from_markers)
-                self._from_markers.clear()
-                self._name_of.clear()
-            elif marker.action == Marker.DELETE:
-                name = self._name_of.pop(key, None)
-                if name is None or self._from_markers.pop(name, None) is None:
-                    ignored.append(f'DELETE of unknown marker ns={marker.ns!r} id={marker.id}')
-                else:
-                    applied += 1
-            elif marker.action == Marker.ADD:
-                name = marker_name(marker)
-                frame = marker.header.frame_id.lstrip('/')
-                if frame not in self.frames:
-                    ignored.append(f'marker {name!r} is in frame {marker.header.frame_id!r}, not in '
-                                   f'{sorted(f for f in self.frames if f)} (no tf lookup here)')
-                    continue
-                configured = self.configured.get(name)
-                try:
-                    obj = marker_to_scene_object(marker, name, configured.padding if configured else None)
-                except ValueError as err:
-                    ignored.append(str(err))
-                    continue
-                previous = self._name_of.get(key)
-                if previous is not None and previous != name:  # the marker was renamed
-                    self._from_markers.pop(previous, None)
-                self._name_of[key] = name
-                self._from_markers[name] = obj
-                applied += 1
-            else:
-                ignored.append(f'marker ns={marker.ns!r} id={marker.id}: unknown action {marker.action}')
-        changed = self.scene.set_objects({**self.configured, **self._from_markers}.values())
-        return SceneUpdate(changed, applied, ignored)
-
-
 # ---------------------------------------------------------------------- message helpers
 def chunk_to_message(chunk: TrajectoryChunk, stamp: Any) -> JointTrajectory:
     """A guard trajectory (arbitrary times from the stamp) as a JointTrajectory."""
@@ -218,13 +127,13 @@ def chunk_to_message(chunk: TrajectoryChunk, stamp: Any) -> JointTrajectory:
 class _ServiceClient:
     """An rclpy service client with the (ready, call) interface the MoveIt backend expects.
 
-    `call` waits on an event set by the response callback: it needs the executor spinning in another
-    thread (the client's callback group is reentrant), and gives up after the timeout instead of
-    blocking the guard.
+    `call` waits on an event set by the response callback, which the node's executor thread delivers:
+    it must be called from another thread (the guard's planning thread), and gives up after the
+    timeout instead of blocking the guard.
     """
 
-    def __init__(self, node: LifecycleNode, srv_type: Any, name: str, group: ReentrantCallbackGroup) -> None:
-        self._client = node.create_client(srv_type, name, callback_group=group)
+    def __init__(self, node: LifecycleNode, srv_type: Any, name: str) -> None:
+        self._client = node.create_client(srv_type, name)
 
     def ready(self, timeout_s: float) -> bool:
         return self._client.wait_for_service(timeout_sec=timeout_s)
@@ -249,7 +158,8 @@ def _root_link(model: RobotModel) -> str:
 # ---------------------------------------------------------------------- the node
 class CollisionGuardNode(ReleasingLifecycleNode):
     """ROS plumbing around `CollisionGuard`: subscriptions feed the measured state and the scene,
-    each proposed chunk gets one `review`, and the decision is published to the controller."""
+    each proposed chunk is checked on arrival, blocked ones are planned on the planning thread, and
+    every decision is published to the controller."""
 
     def __init__(self, **kwargs: Any) -> None:
         # Parameters from a params file are declared as given (scene.<name>.* cannot be known in
@@ -263,15 +173,13 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self.guard: CollisionGuard | None = None
         self.scene: MarkerScene | None = None
         self.model: RobotModel | None = None
+        self.planning: PlanningWorker | None = None
         self._active = False
         self._lock = threading.Lock()  # measured state, scene bookkeeping and diagnostics fields
-        self._positions: dict[str, float] = {}
-        self._received_at: dict[str, float] = {}  # joint -> time.monotonic() of its latest state
-        self._review_group = MutuallyExclusiveCallbackGroup()
-        self._input_group = MutuallyExclusiveCallbackGroup()
-        self._diagnostics_group = MutuallyExclusiveCallbackGroup()
-        self._client_group = ReentrantCallbackGroup()
+        # joint -> (position, arrival in ns since the epoch, header stamp in node-clock seconds or 0)
+        self._joints: dict[str, tuple[float, int, float]] = {}
         self._subs: list = []
+        self._joint_sub: PolledSubscription | None = None
         self._pub = None
         self._timer = None
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -320,24 +228,23 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self.scene = MarkerScene(scene, config.scene_objects, [p.scene_frame or root])
         self.backend, message = select_backend(
             config.backend, self.model, config, scene=scene,
-            client_factory=lambda srv_type, name: _ServiceClient(self, srv_type, name, self._client_group))
+            client_factory=lambda srv_type, name: _ServiceClient(self, srv_type, name))
         self.get_logger().info(message)
         self.guard = CollisionGuard(self.backend.checker, self.backend.planner,
                                     max_joint_step=config.max_joint_step, hold_time_s=config.control_period_s,
                                     clock=self._now)
+        self.planning = PlanningWorker(on_error=self._on_planning_error)
+        self.planning.start()
         self._reset_stats()
+        # Taken when a chunk is checked (and for diagnostics), not one executor wake-up per message.
+        self._joint_sub = PolledSubscription(self, JointState, p.joint_states_topic, JOINT_STATE_QOS)
         self._subs = [
-            self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state,
-                                     qos_profile_sensor_data, callback_group=self._input_group),
             # Late joiners get the latched scene (the sim publishes it transient-local).
             self.create_subscription(MarkerArray, p.scene_topic, self._on_markers,
                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                                durability=DurabilityPolicy.TRANSIENT_LOCAL),
-                                     callback_group=self._input_group),
-            # Depth 1: each chunk supersedes the previous one, so while a plan runs only the newest
-            # proposal waits; stale ones are never reviewed late.
-            self.create_subscription(JointTrajectory, p.input_topic, self._on_proposed, 1,
-                                     callback_group=self._review_group),
+                                                durability=DurabilityPolicy.TRANSIENT_LOCAL)),
+            # Depth 1: each chunk supersedes the previous one; stale ones are never reviewed late.
+            self.create_subscription(JointTrajectory, p.input_topic, self._on_proposed, 1),
         ]
         self._pub = self.create_publisher(JointTrajectory, p.output_topic, 10)
         self.get_logger().info(
@@ -350,7 +257,6 @@ class CollisionGuardNode(ReleasingLifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         # Wall-clock timer: diagnostics keep coming when sim time stalls, which is when they matter.
         self._timer = self.create_timer(1.0 / self.node_params.diagnostics_rate_hz, self._publish_diagnostics,
-                                        callback_group=self._diagnostics_group,
                                         clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._active = True
         self.get_logger().info(f'active: checking every chunk on {self.node_params.input_topic}')
@@ -370,9 +276,15 @@ class CollisionGuardNode(ReleasingLifecycleNode):
     def _release(self) -> None:
         self._active = False
         self._destroy_timer()
+        if self.planning is not None:
+            self.planning.stop()
+            self.planning = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        if self._joint_sub is not None:
+            self._joint_sub.destroy()
+            self._joint_sub = None
         if self._pub is not None:
             self.destroy_publisher(self._pub)
             self._pub = None
@@ -382,20 +294,25 @@ class CollisionGuardNode(ReleasingLifecycleNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        try:
-            sample = joint_state_to_sample(msg)
-        except MessageError as err:
-            with self._lock:
-                self._joint_states_rejected += 1
-            self.get_logger().warning(f'{self.node_params.joint_states_topic}: {err}; message ignored',
-                                      throttle_duration_sec=2.0)
+    def _take_joint_states(self) -> None:
+        """Every joint state that arrived since the last call, newest per joint. Freshness is judged
+        from when each arrived (the middleware's receive time), never from when it was taken."""
+        sub = self._joint_sub
+        if sub is None:
             return
-        received = time.monotonic()
-        with self._lock:
-            for name, position in zip(sample.names, sample.positions):
-                self._positions[name] = float(position)
-                self._received_at[name] = received
+        for msg, info in sub.take():
+            arrived_ns = info.get('received_timestamp') or time.time_ns()
+            try:
+                sample = joint_state_to_sample(msg)
+            except MessageError as err:
+                with self._lock:
+                    self._joint_states_rejected += 1
+                self.get_logger().warning(f'{sub.topic}: {err}; message ignored', throttle_duration_sec=2.0)
+                continue
+            stamp = stamp_to_seconds(msg.header.stamp)
+            with self._lock:
+                for name, position in zip(sample.names, sample.positions):
+                    self._joints[name] = (float(position), arrived_ns, stamp)
 
     def _on_markers(self, msg: MarkerArray) -> None:
         scene = self.scene
@@ -417,29 +334,36 @@ class CollisionGuardNode(ReleasingLifecycleNode):
                                       f'{"; ".join(update.ignored[:3])}', throttle_duration_sec=2.0)
         if update.changed:
             self.get_logger().info(f'scene updated from {self.node_params.scene_topic}: '
-                                   f'{[o.name for o in scene.scene.objects()]}')
+                                   f'{[o.name for o in scene.scene.objects()]}', throttle_duration_sec=1.0)
 
     def _measured(self) -> tuple[dict[str, float], str | None]:
-        """The latest position of every joint heard of, and why it cannot be trusted (or None)."""
-        now = time.monotonic()
+        """The latest position of every joint heard of, and why it cannot be trusted (or None): a
+        joint never heard of, or one whose latest state arrived, or is stamped, too long ago."""
+        self._take_joint_states()
+        now_ns, now_s = time.time_ns(), self._now()
         with self._lock:
-            positions = dict(self._positions)
-            received = dict(self._received_at)
+            joints = dict(self._joints)
+        positions = {name: value[0] for name, value in joints.items()}
         topic = self.node_params.joint_states_topic
-        missing = [n for n in self.model.joint_names if n not in received]
+        missing = [n for n in self.model.joint_names if n not in joints]
         if missing:
             return positions, f'no joint state for {missing} on {topic} yet'
         limit = self.node_params.max_joint_state_age_s
         if limit > 0:
-            oldest = max(self.model.joint_names, key=lambda n: now - received[n])
-            age = now - received[oldest]
-            if age > limit:
-                return positions, (f'joint state of {oldest} on {topic} is {age:.2f} s old '
-                                   f'(max_joint_state_age_s {limit:g})')
+            for name in self.model.joint_names:
+                _, arrived_ns, stamp = joints[name]
+                age = (now_ns - arrived_ns) * 1e-9
+                if age > limit:
+                    return positions, (f'joint state of {name} on {topic} is {age:.2f} s old by its arrival '
+                                       f'(max_joint_state_age_s {limit:g})')
+                if stamp > 0 and now_s - stamp > limit:
+                    return positions, (f'joint state of {name} on {topic} is {now_s - stamp:.2f} s old by its '
+                                       f'stamp (max_joint_state_age_s {limit:g})')
         return positions, None
 
-    # ------------------------------------------------------------------ the review (its own callback group)
-    def _on_proposed(self, msg: JointTrajectory) -> None:
+    # ------------------------------------------------------------------ the review
+    def _on_proposed(self, msg: JointTrajectory, info: MessageInfo) -> None:
+        arrived_ns = info.get('received_timestamp') or time.time_ns()
         guard = self.guard
         if not self._active or guard is None:
             self.get_logger().info('inactive: proposed chunk not forwarded', throttle_duration_sec=5.0)
@@ -448,38 +372,71 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         measured, problem = self._measured()
         names = list(msg.joint_names)
         try:
-            try:
-                sample = trajectory_to_sample(msg)
-            except MessageError as err:
-                decision = guard.reject(measured, names, f'{topic}: {err}')
-            else:
-                if problem is not None:
-                    decision = guard.reject(measured, sample.names, problem)
-                else:
-                    chunk = TrajectoryChunk(sample.names, sample.points, sample.times_from_start)
-                    decision = guard.review(measured, chunk, now_s=self._now())
+            sample = trajectory_to_sample(msg)
+        except MessageError as err:
+            self._act(guard.reject(measured, names, f'{topic}: {err}'), msg, arrived_ns)
+            return
+        if problem is not None:
+            self._act(guard.reject(measured, sample.names, problem), msg, arrived_ns)
+            return
+        chunk = TrajectoryChunk(sample.names, sample.points, sample.times_from_start)
+        now_s = self._now()
+        if self.backend.name == 'moveit':
+            # MoveIt's checks wait on service responses that this executor thread delivers: the
+            # whole review runs on the planning thread.
+            self.planning.submit(lambda: self._review_job(lambda: guard.review(measured, chunk, now_s),
+                                                          measured, names, msg, arrived_ns))
+            return
+        try:
+            decision = guard.check(measured, chunk, now_s=now_s)
         except Exception as err:  # noqa: BLE001 - a bug or a backend failure must not pass anything
             decision = guard.reject(measured, names, f'{topic}: internal error while checking: {err!r}')
-        self._act(decision, msg)
+        if decision.plan_request is not None:
+            request = decision.plan_request
+            self.planning.submit(lambda: self._review_job(lambda: guard.plan(request), measured, names, msg,
+                                                          arrived_ns))
+            return
+        self._act(decision, msg, arrived_ns)
 
-    def _act(self, decision: GuardDecision, proposed: JointTrajectory) -> None:
+    def _review_job(self, review: Callable[[], GuardDecision | None], measured: dict[str, float],
+                    names: list[str], proposed: JointTrajectory, arrived_ns: int) -> None:
+        """On the planning thread: run the review or plan and publish its decision (None: superseded)."""
+        guard = self.guard
+        if guard is None:
+            return
+        try:
+            decision = review()
+        except Exception as err:  # noqa: BLE001 - a failing plan holds the arm
+            decision = guard.reject(measured, names, f'internal error while planning: {err!r}')
+        if decision is not None and self._active:
+            self._act(decision, proposed, arrived_ns)
+
+    def _on_planning_error(self, err: BaseException) -> None:
+        self.get_logger().error(f'planning thread: {err!r}', throttle_duration_sec=2.0)
+
+    def _act(self, decision: GuardDecision, proposed: JointTrajectory, arrived_ns: int) -> None:
+        pub = self._pub
+        if pub is None:
+            return
+        log = self.get_logger()
+        if decision.action == 'pass':
+            pub.publish(proposed)  # unchanged: same points, same times, same stamp
+        elif decision.trajectory is not None:
+            pub.publish(chunk_to_message(decision.trajectory, self.get_clock().now().to_msg()))
+        latency = (time.time_ns() - arrived_ns) * 1e-9
         with self._lock:
             self._last_action, self._last_reason = decision.action, decision.reason
             self._review_times.append(time.monotonic())
+            kind = 'free' if decision.action == 'pass' else 'blocked'
+            self._output_latency[kind].append(latency)
             if decision.action == 'reject':
                 self._rejected_messages += 1
-        if self._pub is None:
-            return
         if decision.action == 'pass':
-            self._pub.publish(proposed)  # unchanged: same points, same times, same stamp
             return
-        log = self.get_logger()
         if decision.trajectory is None:
             log.error(f'{decision.action}: {decision.reason}; no measured position to hold at, nothing published',
                       throttle_duration_sec=2.0)
-            return
-        self._pub.publish(chunk_to_message(decision.trajectory, self.get_clock().now().to_msg()))
-        if decision.action == 'reject':
+        elif decision.action == 'reject':
             log.warning(f'{decision.reason}; holding position', throttle_duration_sec=2.0)
         elif decision.action == 'hold':
             log.warning(decision.reason, throttle_duration_sec=1.0)
@@ -488,7 +445,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         else:
             stats = decision.stats
             log.warning(f'{decision.reason} (planned in {1000 * (stats.planning_time_s or 0):.1f} ms, '
-                        f'{len(decision.trajectory.positions)} points)')
+                        f'{len(decision.trajectory.positions)} points)', throttle_duration_sec=1.0)
 
     # ------------------------------------------------------------------ diagnostics
     def _reset_stats(self) -> None:
@@ -500,16 +457,19 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self._last_action = 'none'
         self._last_reason = 'no chunk reviewed yet'
         self._review_times: deque[float] = deque(maxlen=2000)
+        # seconds from a proposal's arrival to the publication of what the guard made of it
+        self._output_latency: dict[str, deque[float]] = {'free': deque(maxlen=1000), 'blocked': deque(maxlen=200)}
 
     def diagnostics(self) -> dict[str, str]:
         """The values /diagnostics carries (also handy for tests and tools)."""
         counters: GuardCounters = self.guard.counters
-        latency = list(counters.check_latency_s)  # copies under the GIL: the review thread appends
+        latency = list(counters.check_latency_s)  # copies under the GIL: the planning thread appends
         planning = list(counters.planning_time_s)
         now = time.monotonic()
         window = 5.0
         with self._lock:
             recent = sum(1 for t in self._review_times if now - t <= window)
+            output_latency = {k: list(v) for k, v in self._output_latency.items()}
             values = {
                 'rejected_messages': self._rejected_messages,
                 'joint_states_rejected': self._joint_states_rejected,
@@ -534,6 +494,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             'blocked_chunks': counters.chunks_blocked,
             'fallbacks_planned': counters.fallbacks_planned,
             'planning_failures': counters.planning_failures,
+            'plans_superseded': counters.plans_superseded,
             'holds': counters.holds,
             'planning_time_p50_ms': ms(GuardCounters.percentile(planning, 50)),
             'planning_time_p99_ms': ms(GuardCounters.percentile(planning, 99)),
@@ -542,6 +503,9 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             'scene_objects': ','.join(o.name for o in self.scene.scene.objects()),
             'joint_state': problem or 'fresh',
         })
+        for kind, samples in output_latency.items():
+            values[f'output_latency_{kind}_p50_ms'] = ms(GuardCounters.percentile(samples, 50))
+            values[f'output_latency_{kind}_p99_ms'] = ms(GuardCounters.percentile(samples, 99))
         return {k: str(v) for k, v in values.items()}
 
     def _publish_diagnostics(self) -> None:
@@ -559,6 +523,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
+    apply_dds_profile()
     rclpy.init(args=args)
     try:
         node = CollisionGuardNode()
@@ -566,7 +531,7 @@ def main(args: list[str] | None = None) -> int:
         print(f'{NODE_NAME}: {err}', file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    return spin_lifecycle_node(node, node.node_params.autostart, num_threads=4)
+    return spin_lifecycle_node(node, node.node_params.autostart)
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@ everything, and the `main` that runs one as its own process."""
 from __future__ import annotations
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 
@@ -35,14 +35,15 @@ class ReleasingLifecycleNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
 
-def spin_lifecycle_node(node: LifecycleNode, autostart: bool, num_threads: int) -> int:
+def spin_lifecycle_node(node: LifecycleNode, autostart: bool) -> int:
     """Spin `node` until Ctrl-C. With `autostart` it configures and activates itself (so the
     executable alone runs); if configure fails it stays up, unconfigured, waiting for transitions from
     a launch file or `bringup`. The node's `_release()` frees its resources on the way out."""
-    # One thread where every callback is short: rclpy's MultiThreadedExecutor re-polls in a busy loop
-    # while a callback group is occupied, and that loop takes the GIL from the inference thread
-    # (measured: DDIM-10 went from 37 to 145 ms and the 10 Hz timer stalled for seconds).
-    executor = SingleThreadedExecutor() if num_threads == 1 else MultiThreadedExecutor(num_threads=num_threads)
+    # One executor thread, every callback short, slow work on the nodes' own worker threads: rclpy's
+    # MultiThreadedExecutor re-polls in a busy loop while a callback group is occupied, burning a core
+    # while idle and taking the GIL from the inference thread (measured: DDIM-10 went from 37 to 145
+    # ms and the 10 Hz timer stalled for seconds; the guard idled at 100 % of a core).
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         if autostart:

@@ -1,0 +1,110 @@
+"""The guard's run-time scene: the params file's objects overlaid by `visualization_msgs/Marker`s.
+
+ROS-free: markers are duck-typed (an rclpy Marker, a rosbags one, or anything with the same fields),
+and the few message constants needed are spelled out here, as the message definition fixes them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .scene import Scene, SceneObject
+
+# visualization_msgs/Marker constants
+CUBE, SPHERE, CYLINDER = 1, 2, 3
+ADD, DELETE, DELETEALL = 0, 2, 3
+MARKER_SHAPES = {CUBE: 'box', SPHERE: 'sphere', CYLINDER: 'cylinder'}
+
+
+def marker_name(marker: Any) -> str:
+    """The scene object a marker stands for: its `text` when set (the sim writes the object's name
+    there and in `ns`), else `ns/id`, the identity RViz gives a marker."""
+    text = marker.text.strip()
+    if text:
+        return text
+    return f'{marker.ns}/{marker.id}' if marker.ns else f'marker/{marker.id}'
+
+
+def marker_to_scene_object(marker: Any, name: str, padding: float | None = None) -> SceneObject:
+    """A CUBE / SPHERE / CYLINDER marker as a scene object; raises ValueError saying what is wrong.
+
+    Marker scales are full extents: a box takes them as edge lengths; a sphere or cylinder whose
+    scales differ (an ellipsoid) is covered by the bounding sphere / round cylinder, never shrunk.
+    """
+    shape = MARKER_SHAPES.get(marker.type)
+    if shape is None:
+        raise ValueError(f'marker {name!r}: type {marker.type} is not CUBE (1), SPHERE (2) or CYLINDER (3)')
+    s = marker.scale
+    if shape == 'box':
+        size = (s.x, s.y, s.z)
+    elif shape == 'sphere':
+        size = (max(s.x, s.y, s.z) / 2.0,)
+    else:
+        size = (s.z, max(s.x, s.y) / 2.0)
+    p, o = marker.pose.position, marker.pose.orientation
+    return SceneObject(name, shape, size, (p.x, p.y, p.z, o.x, o.y, o.z, o.w), padding)
+
+
+@dataclass
+class SceneUpdate:
+    changed: bool
+    applied: int  # markers that added, replaced or deleted something
+    ignored: list[str]  # why each ignored marker was ignored
+
+
+class MarkerScene:
+    """The guard's scene: the params file's objects, overlaid by the objects a marker topic adds.
+
+    ADD (= MODIFY) adds or replaces by name, keeping the params file's per-object padding for that
+    name (a marker has no padding field: the table the gripper may touch stays unpadded). DELETE and
+    DELETEALL remove what markers added; a params-file object a marker had replaced comes back, so the
+    configured static environment cannot be switched off from a topic. Each MarkerArray is applied to
+    the Scene in one atomic step.
+    """
+
+    def __init__(self, scene: Scene, configured: Iterable[SceneObject], frames: Iterable[str]) -> None:
+        self.scene = scene
+        self.configured = {o.name: o for o in configured}
+        self.frames = {f.lstrip('/') for f in frames} | {''}
+        self._from_markers: dict[str, SceneObject] = {}
+        self._name_of: dict[tuple[str, int], str] = {}  # (ns, id) -> object name, for DELETE
+        self.scene.set_objects(self.configured.values())
+
+    def apply(self, markers: Iterable[Any]) -> SceneUpdate:
+        applied, ignored = 0, []
+        for marker in markers:
+            key = (marker.ns, marker.id)
+            if marker.action == DELETEALL:
+                applied += bool(self._from_markers)
+                self._from_markers.clear()
+                self._name_of.clear()
+            elif marker.action == DELETE:
+                name = self._name_of.pop(key, None)
+                if name is None or self._from_markers.pop(name, None) is None:
+                    ignored.append(f'DELETE of unknown marker ns={marker.ns!r} id={marker.id}')
+                else:
+                    applied += 1
+            elif marker.action == ADD:
+                name = marker_name(marker)
+                frame = marker.header.frame_id.lstrip('/')
+                if frame not in self.frames:
+                    ignored.append(f'marker {name!r} is in frame {marker.header.frame_id!r}, not in '
+                                   f'{sorted(f for f in self.frames if f)} (no tf lookup here)')
+                    continue
+                configured = self.configured.get(name)
+                try:
+                    obj = marker_to_scene_object(marker, name, configured.padding if configured else None)
+                except ValueError as err:
+                    ignored.append(str(err))
+                    continue
+                previous = self._name_of.get(key)
+                if previous is not None and previous != name:  # the marker was renamed
+                    self._from_markers.pop(previous, None)
+                self._name_of[key] = name
+                self._from_markers[name] = obj
+                applied += 1
+            else:
+                ignored.append(f'marker ns={marker.ns!r} id={marker.id}: unknown action {marker.action}')
+        changed = self.scene.set_objects({**self.configured, **self._from_markers}.values())
+        return SceneUpdate(changed, applied, ignored)
