@@ -63,7 +63,7 @@ class Rig:
         result = self.controller.tick(self.now)
         if result.points is not None:
             self.position = result.points[0].copy()  # a perfect controller
-        if settle:
+        if settle and result.wants_chunk:
             self.wait(lambda: self.controller.worker.stats.wakeups > wakeups)
         return result
 
@@ -147,8 +147,12 @@ def test_estop_latches_and_camera_loss_holds_then_both_resume():
         rig.controller.set_estop()
         held = rig.step()
         assert held.reason.code is HoldCode.ESTOP and len(held.points) == 1
+        calls = rig.controller.worker.stats.chunks_produced
         for _ in range(3):
-            assert rig.step().reason.code is HoldCode.ESTOP  # latched with good inputs
+            latched = rig.step()
+            assert latched.reason.code is HoldCode.ESTOP and not latched.wants_chunk  # latched with good inputs
+        time.sleep(0.05)
+        assert rig.controller.worker.stats.chunks_produced == calls  # no inference while stopped
         rig.controller.clear_estop()
         run_until(HealthState.RUNNING)
         camera_stopped = rig.now

@@ -15,7 +15,7 @@ from diffusion_policy_ros.control.chunks import ChunkExecutor, ExecutorConfig
 from diffusion_policy_ros.control.health import HealthMonitor, HealthState, HoldCode, HoldReason
 from diffusion_policy_ros.control.inference_worker import InferenceWorker, PolicyFn
 from diffusion_policy_ros.control.limits import JointLimits, clamp_trajectory
-from diffusion_policy_ros.control.observation import ObservationHistory
+from diffusion_policy_ros.control.observation import ImageDecoder, ObservationHistory
 
 
 REPLAN_MODES = ('auto', 'chunk_end', 'every_tick')
@@ -61,6 +61,7 @@ class TickResult:
     reason: HoldReason | None
     points: np.ndarray | None
     log_message: str | None
+    wants_chunk: bool = False  # time to ask the worker for the next chunk (see `tick(wake_worker=...)`)
 
 
 class PolicyController:
@@ -72,11 +73,14 @@ class PolicyController:
 
     def __init__(self, policy_fn: PolicyFn, camera_keys: Sequence[str], limits: JointLimits,
                  cfg: ControllerConfig, clock: Callable[[], float],
-                 stream_names: dict[str, str] | None = None) -> None:
+                 stream_names: dict[str, str] | None = None, decode_image: ImageDecoder | None = None,
+                 camera_span_s: float | None = None) -> None:
+        """`decode_image` and `camera_span_s`: see ObservationHistory (raw frames, decoded by the worker)."""
         self.cfg = cfg
         self.limits = limits
         self.clock = clock
-        self.history = ObservationHistory(camera_keys, limits.names, cfg.history_capacity, stream_names)
+        self.history = ObservationHistory(camera_keys, limits.names, cfg.history_capacity, stream_names,
+                                          decode_image, camera_span_s)
         self.executor = ChunkExecutor(cfg.executor)
         self.health = HealthMonitor(cfg.max_obs_age_s, cfg.log_throttle_s)
         self._policy_fn = policy_fn
@@ -118,15 +122,18 @@ class PolicyController:
         self.health.start()
 
     # --- the timer ---
-    def tick(self, now: float, input_faults: Sequence[HoldReason] = ()) -> TickResult:
+    def tick(self, now: float, input_faults: Sequence[HoldReason] = (), wake_worker: bool = True) -> TickResult:
         """Never blocks on inference: takes a finished chunk if there is one and wakes the worker.
 
         `input_faults` are problems the caller found while converting messages (an image it could not
-        decode, a malformed JointState): they hold the arm like any other fault."""
+        decode, a malformed JointState): they hold the arm like any other fault. With
+        `wake_worker=False` the caller wakes it (`request_chunk()`) when `result.wants_chunk`, e.g.
+        after publishing this tick's points and pushing the frames the worker's window should see."""
         chunk = self.worker.take_chunk()
         if chunk is not None:
             self.executor.submit(chunk)
-        if self._time_to_replan(now):
+        wants_chunk = self._time_to_replan(now) and not (self.health.stopped or self.health.estopped)
+        if wants_chunk and wake_worker:
             self.worker.notify()
         measured = self.history.latest_joint_positions()
         points = self.executor.plan(now)
@@ -134,7 +141,7 @@ class PolicyController:
             HoldCode.NO_CHUNK, 'no executable action chunk (waiting for inference, or the last chunk '
             'is used up or too old)', 'chunk')
         faults = [*input_faults, measured if isinstance(measured, HoldReason) else None,
-                  self.worker.last_error, no_chunk]
+                  self.worker.bad_frame, self.worker.last_error, no_chunk]
         verdict = self.health.update(now, self.history.latest_stamps(), faults)
         if verdict.running:
             # A demonstration's action at t is the target the operator commanded at t, due one period
@@ -145,7 +152,11 @@ class PolicyController:
             # The old plan no longer starts where the arm is; resume from fresh chunks only.
             self.executor.reset()
             points = None if isinstance(measured, HoldReason) else measured[None].copy()
-        return TickResult(verdict.state, verdict.reason, points, verdict.log_message)
+        return TickResult(verdict.state, verdict.reason, points, verdict.log_message, wants_chunk)
+
+    def request_chunk(self) -> None:
+        """Wake the worker to build the newest window and infer (never blocks)."""
+        self.worker.notify()
 
     def _time_to_replan(self, now: float) -> bool:
         remaining = self.executor.remaining(now)

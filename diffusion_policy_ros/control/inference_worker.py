@@ -62,6 +62,7 @@ class InferenceWorker:
         self._slot: ActionChunk | None = None
         self._latest: ActionChunk | None = None
         self._last_error: HoldReason | None = None
+        self._bad_frame: HoldReason | None = None
         self._last_obs_time = -np.inf
         self._idle_poll_s = idle_poll_s
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -86,6 +87,12 @@ class InferenceWorker:
     def last_error(self) -> HoldReason | None:
         """INFERENCE_ERROR reason of the last attempt if it failed; None after a success."""
         return self._last_error
+
+    @property
+    def bad_frame(self) -> HoldReason | None:
+        """BAD_IMAGE reason when the last window could not be built because a frame it needed did not
+        decode (frames are decoded here, so only the worker can tell); None once a window builds."""
+        return self._bad_frame
 
     @property
     def running(self) -> bool:
@@ -136,6 +143,10 @@ class InferenceWorker:
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything a callback does
             self._fail('building the observation window', exc)
             return
+        if isinstance(window, HoldReason) and window.code is HoldCode.BAD_IMAGE:
+            self._bad_frame = window
+        elif isinstance(window, ObservationWindow):
+            self._bad_frame = None
         if not isinstance(window, ObservationWindow) or window.obs_time <= self._last_obs_time:
             self.stats.windows_skipped += 1
             return

@@ -1,18 +1,20 @@
 """Stamped history of each input stream, and the observation window the policy sees at a tick.
 
-Subscriptions push messages as they arrive (any thread); the timer asks for a window of `n_obs_steps`
-samples at the policy's rate, each the latest message not newer than its sample time. Joint states
-are stored with their names and mapped to the model's joint order here, so a driver that publishes
-joints in another order, or with extra joints, just works.
+Subscriptions push messages as they arrive (any thread); the inference worker asks for a window of
+`n_obs_steps` samples at the policy's rate, each the latest message not newer than its sample time.
+Joint states are stored with their names and mapped to the model's joint order here, so a driver that
+publishes joints in another order, or with extra joints, just works. Camera frames may be pushed raw
+(the message as received) and are decoded only when a window uses them, on the worker thread: a frame
+that is never used is never decoded, and decoding never delays the thread that pushes.
 """
 from __future__ import annotations
 
 import bisect
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -30,13 +32,18 @@ class StampedRingBuffer(Generic[T]):
     """The last `capacity` (stamp, value) pairs of one stream, ordered by stamp, thread-safe.
 
     Kept sorted on insert (bisect) because messages from a bag replay or a multi-threaded executor can
-    arrive slightly out of order; lookups are then a binary search.
+    arrive slightly out of order; lookups are then a binary search. With `span_s`, entries that can no
+    longer be the latest one at or before `newest stamp - span_s` are dropped too (time-bounded memory
+    for large raw camera frames, whatever the camera's rate).
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, span_s: float | None = None) -> None:
         if capacity < 1:
             raise ValueError(f'StampedRingBuffer capacity must be >= 1, got {capacity}')
+        if span_s is not None and not span_s > 0:
+            raise ValueError(f'StampedRingBuffer span_s must be > 0 seconds, got {span_s}')
         self.capacity = capacity
+        self.span_s = span_s
         self._stamps: list[float] = []
         self._values: list[T] = []
         self._lock = threading.Lock()
@@ -54,6 +61,11 @@ class StampedRingBuffer(Generic[T]):
             if len(self._stamps) > self.capacity:
                 del self._stamps[0]
                 del self._values[0]
+            if self.span_s is not None:
+                cutoff = self._stamps[-1] - self.span_s
+                keep_from = max(0, bisect.bisect_right(self._stamps, cutoff) - 1)
+                del self._stamps[:keep_from]
+                del self._values[:keep_from]
 
     def __len__(self) -> int:
         with self._lock:
@@ -103,17 +115,35 @@ class JointStateSample:
     positions: np.ndarray
 
 
+class _Frame:
+    """A camera frame as pushed (an image, or a raw message to decode once a window needs it)."""
+
+    __slots__ = ('raw', 'image', 'error')
+
+    def __init__(self, frame: Any) -> None:
+        decoded = isinstance(frame, np.ndarray)
+        self.raw = None if decoded else frame
+        self.image: np.ndarray | None = frame if decoded else None
+        self.error: str | None = None
+
+
+ImageDecoder = Callable[[Any, str], np.ndarray]  # (raw frame, stream name) -> image
+
+
 class ObservationHistory:
     """One ring buffer per camera (by the checkpoint's camera key) and one for joint states.
 
-    Images are stored as given: the node converts and preprocesses them (with the dataset's own
-    function) before pushing, so the window holds exactly what training saw.
+    Images are pushed preprocessed (an array at the model's size, made with the dataset's own
+    function) or raw, with `decode_image` turning a raw frame into that array when a window first
+    uses it, so the window holds exactly what training saw either way.
     """
 
     def __init__(self, camera_keys: Sequence[str], joint_names: Sequence[str], capacity: int = 64,
-                 stream_names: Mapping[str, str] | None = None) -> None:
+                 stream_names: Mapping[str, str] | None = None, decode_image: ImageDecoder | None = None,
+                 camera_span_s: float | None = None) -> None:
         """`stream_names` maps a camera key (or 'joint_states') to a human name such as the topic,
-        used in hold reasons."""
+        used in hold reasons. `camera_span_s` bounds camera buffers in time (see StampedRingBuffer):
+        the window reaches back (n_obs_steps - 1) periods, so a little more than that is enough."""
         if len(set(camera_keys)) != len(camera_keys):
             raise ValueError(f'duplicate camera keys: {list(camera_keys)}')
         if JOINT_STATE_STREAM in camera_keys:
@@ -122,7 +152,8 @@ class ObservationHistory:
             raise ValueError(f'joint_names must be non-empty and unique, got {list(joint_names)}')
         self.camera_keys = tuple(camera_keys)
         self.joint_names = tuple(joint_names)
-        self._cameras = {k: StampedRingBuffer[np.ndarray](capacity) for k in self.camera_keys}
+        self._cameras = {k: StampedRingBuffer[_Frame](capacity, camera_span_s) for k in self.camera_keys}
+        self._decode_image = decode_image
         self._joints = StampedRingBuffer[JointStateSample](capacity)
         self._names = {k: k for k in (*self.camera_keys, JOINT_STATE_STREAM)}
         self._names.update(stream_names or {})
@@ -131,13 +162,27 @@ class ObservationHistory:
     def stream_name(self, stream: str) -> str:
         return self._names.get(stream, stream)
 
-    def push_image(self, camera_key: str, stamp: float, image: np.ndarray) -> None:
+    def push_image(self, camera_key: str, stamp: float, image: Any) -> None:
+        """`image`: a preprocessed (H, W, 3) uint8 array, or a raw frame for `decode_image`."""
         try:
             buffer = self._cameras[camera_key]
         except KeyError:
             raise KeyError(f'unknown camera key {camera_key!r} '
                            f'(expected one of {self.camera_keys})') from None
-        buffer.push(stamp, image)
+        if not isinstance(image, np.ndarray) and self._decode_image is None:
+            raise TypeError(f'camera {camera_key!r}: a raw frame needs ObservationHistory(decode_image=...)')
+        buffer.push(stamp, _Frame(image))
+
+    def _decoded(self, frame: _Frame, stream: str) -> np.ndarray | str:
+        """The frame's image, decoding it on first use (the raw message is then let go); a str says
+        why it cannot be decoded. Only the inference worker builds windows, so no lock is needed."""
+        if frame.image is None and frame.error is None:
+            try:
+                frame.image = self._decode_image(frame.raw, stream)
+            except (ValueError, TypeError) as err:  # ImageDecodeError is a ValueError
+                frame.error = str(err)
+            frame.raw = None
+        return frame.image if frame.image is not None else frame.error
 
     def push_joint_state(self, stamp: float, names: Sequence[str], positions: Sequence[float]) -> None:
         positions = np.asarray(positions, dtype=np.float64).reshape(-1)
@@ -217,10 +262,15 @@ class ObservationHistory:
             entries = pick(key, buffer)
             if isinstance(entries, HoldReason):
                 return entries
-            frames = [e[1] for e in entries]
             name = self.stream_name(key)
-            first = frames[0]
+            frames = []
             for stamp, frame in entries:
+                image = self._decoded(frame, name)
+                if isinstance(image, str):
+                    return HoldReason(HoldCode.BAD_IMAGE, image, name)
+                frames.append(image)
+            first = frames[0]
+            for (stamp, _), frame in zip(entries, frames):
                 if (not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3
                         or frame.shape[2] != 3 or frame.shape != first.shape):
                     shape = getattr(frame, 'shape', None)

@@ -68,6 +68,38 @@ def _as_byte_array(data: Any) -> np.ndarray:
         return np.asarray(data, dtype=np.uint8)
 
 
+def check_image_fields(msg: Any, *, topic: str = '?') -> _Encoding:
+    """What `decode_image` checks before touching a pixel, without touching one (constant time, so a
+    subscriber can refuse a malformed frame on arrival): a known encoding, a non-empty size, and a
+    `step` and data length that agree with it. Raises ImageDecodeError saying what is wrong."""
+    encoding = str(msg.encoding)
+    spec = ENCODINGS.get(encoding)
+    if spec is None:
+        raise _error(msg, topic, encoding, f'unknown encoding; supported: {", ".join(ENCODINGS)}')
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise _error(msg, topic, encoding, f'image is {width}x{height}: no pixels')
+    itemsize = np.dtype(spec.dtype).itemsize
+    row_bytes = width * spec.channels * itemsize
+    if step < row_bytes:
+        raise _error(msg, topic, encoding,
+                     f'step {step} is smaller than width {width} x {spec.channels * itemsize} bytes per pixel')
+    size = _byte_length(msg.data)
+    if size != height * step:
+        raise _error(msg, topic, encoding,
+                     f'data has {size} bytes, expected height {height} x step {step} = {height * step}')
+    return spec
+
+
+def _byte_length(data: Any) -> int:
+    if isinstance(data, np.ndarray):
+        return int(data.nbytes)
+    try:
+        return memoryview(data).nbytes
+    except TypeError:  # a plain list of ints
+        return len(data)
+
+
 def decode_image(msg: Any, *, topic: str = '?') -> np.ndarray:
     """Raw `sensor_msgs/Image` -> (H, W, C) array in the message's own channel order.
 
@@ -75,20 +107,11 @@ def decode_image(msg: Any, *, topic: str = '?') -> np.ndarray:
     gives C=1. Row padding (``step`` > width * bytes per pixel) and ``is_bigendian`` are honoured,
     and the result is a fresh, writable, native-endian array.
     """
+    spec = check_image_fields(msg, topic=topic)
     encoding = str(msg.encoding)
-    spec = ENCODINGS.get(encoding)
-    if spec is None:
-        raise _error(msg, topic, encoding, f'unknown encoding; supported: {", ".join(ENCODINGS)}')
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(spec.dtype).itemsize
-    row_bytes = width * spec.channels * itemsize
-    if step < row_bytes:
-        raise _error(msg, topic, encoding,
-                     f'step {step} is smaller than width {width} x {spec.channels * itemsize} bytes per pixel')
+    row_bytes = width * spec.channels * np.dtype(spec.dtype).itemsize
     raw = _as_byte_array(msg.data)
-    if raw.size != height * step:
-        raise _error(msg, topic, encoding,
-                     f'data has {raw.size} bytes, expected height {height} x step {step} = {height * step}')
     if _CvBridge is not None and type(msg).__module__.startswith('sensor_msgs'):
         array = np.asarray(_CvBridge().imgmsg_to_cv2(msg, desired_encoding='passthrough'))
         return np.array(array.reshape(height, width, spec.channels))

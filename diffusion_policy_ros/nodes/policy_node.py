@@ -3,8 +3,12 @@
 A thin rclpy adapter (a LifecycleNode) over the ROS-free pieces: the observation history, the health
 monitor, the inference worker thread and the chunk executor live in `diffusion_policy_ros.control`,
 the policy in `diffusion_policy_ros.core`, image decoding in `diffusion_policy_ros.data.image_codec`.
-Threads: subscriptions and services run on the executor, the timer only reads what the worker left in
-its slot, and DDIM runs on the worker thread, so the timer never waits for inference.
+
+Threads: one single-threaded executor runs the control tick and the services. Joint states and camera
+frames are not executor callbacks: each tick takes what arrived since the last one (`nodes.polled`),
+joint states before it plans (the clamp and HOLD start from the newest measurement) and camera frames
+after it has published, stored raw. The inference worker decodes the frames its window uses and runs
+DDIM, so the tick never waits for inference or for image decoding.
 """
 from __future__ import annotations
 
@@ -17,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
-from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -28,13 +30,15 @@ from diffusion_policy_ros.control.chunks import BLENDING_MODES, DEFAULT_BLENDING
 from diffusion_policy_ros.control.controller import ControllerConfig, PolicyController
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
-from diffusion_policy_ros.data.image_codec import ImageDecodeError, message_to_rgb8, prepare_model_image
+from diffusion_policy_ros.data.image_codec import (ImageDecodeError, check_image_fields, message_to_rgb8,
+                                                   prepare_model_image)
 from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
+from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
 from diffusion_policy_ros.nodes.params import declare_parameters
+from diffusion_policy_ros.nodes.polled import CAMERA_QOS, JOINT_STATE_QOS, PolledSubscription
+from diffusion_policy_ros.paths import share_dir
 from diffusion_policy_ros.robot_description import PANDA_JOINTS, panda_description
-
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -86,7 +90,6 @@ def resolve_checkpoint(path: str) -> Path:
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p
-    from diffusion_policy_ros.nodes.bringup import share_dir
     return share_dir() / p
 
 
@@ -120,9 +123,8 @@ class PolicyNode(ReleasingLifecycleNode):
         super().__init__('policy_node', **kwargs)
         self.params = declare_parameters(self, PolicyNodeParams)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._io_group = MutuallyExclusiveCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
-        self._subs: list = []
+        self._joint_sub: PolledSubscription | None = None
+        self._camera_subs: dict[str, PolledSubscription] = {}  # camera key -> its topic's subscription
         self._pub = None
         self._timers: list = []
         self.controller: PolicyController | None = None
@@ -134,10 +136,9 @@ class PolicyNode(ReleasingLifecycleNode):
         self._faults_lock = threading.Lock()
         self._published = 0
         self._publish_times: list[float] = []
-        services = ReentrantCallbackGroup()
-        self.create_service(SetBool, '~/estop', self._on_estop, callback_group=services)
-        self.create_service(Trigger, '~/start', self._on_start, callback_group=services)
-        self.create_service(Trigger, '~/stop', self._on_stop, callback_group=services)
+        self.create_service(SetBool, '~/estop', self._on_estop)
+        self.create_service(Trigger, '~/start', self._on_start)
+        self.create_service(Trigger, '~/stop', self._on_stop)
 
     # ------------------------------------------------------------------ lifecycle
     def _configure(self) -> None:
@@ -183,15 +184,14 @@ class PolicyNode(ReleasingLifecycleNode):
             self._infer, list(obs_spec.camera_keys), limits,
             ControllerConfig(n_obs_steps=cfg.n_obs_steps, max_obs_age_s=p.max_obs_age_s, executor=executor_cfg,
                              replan=p.replan),
-            clock=self._now, stream_names={**topic_of, 'joint_states': p.joint_states_topic})
+            clock=self._now, stream_names={**topic_of, 'joint_states': p.joint_states_topic},
+            decode_image=self._decode_image,
+            # the window reaches (n_obs_steps - 1) periods back; two more cover a late tick
+            camera_span_s=(cfg.n_obs_steps + 1) * self.period)
         with self._faults_lock:
             self._input_faults = {}
-        for key, topic in topic_of.items():
-            self._subs.append(self.create_subscription(
-                Image, topic, lambda msg, k=key, t=topic: self._on_image(msg, k, t),
-                qos_profile_sensor_data, callback_group=self._io_group))
-        self._subs.append(self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state,
-                                                   qos_profile_sensor_data, callback_group=self._io_group))
+        self._camera_subs = {key: PolledSubscription(self, Image, topic, CAMERA_QOS) for key, topic in topic_of.items()}
+        self._joint_sub = PolledSubscription(self, JointState, p.joint_states_topic, JOINT_STATE_QOS)
         self._pub = self.create_publisher(JointTrajectory, p.output_topic, 10)
         self.get_logger().info(
             f'configured: checkpoint {path} ({cfg.policy}/{cfg.denoiser}) on {self.device}; cameras '
@@ -222,10 +222,8 @@ class PolicyNode(ReleasingLifecycleNode):
         except Exception as err:  # noqa: BLE001
             self.get_logger().error(f'activate failed: warm-up inference raised {err!r}')
             return TransitionCallbackReturn.FAILURE
-        self._timers = [
-            self.create_timer(self.period, self._tick, callback_group=self._timer_group),
-            self.create_timer(1.0 / self.params.diagnostics_rate_hz, self._publish_diagnostics,
-                              callback_group=self._timer_group)]
+        self._timers = [self.create_timer(self.period, self._tick),
+                        self.create_timer(1.0 / self.params.diagnostics_rate_hz, self._publish_diagnostics)]
         self.get_logger().info(f'active: warm-up inference {1000 * warmup[-1]:.1f} ms')
         return super().on_activate(state)
 
@@ -244,9 +242,9 @@ class PolicyNode(ReleasingLifecycleNode):
 
     def _release(self) -> None:
         self._stop_loop()
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        self._subs = []
+        for sub in [*self._camera_subs.values(), *filter(None, [self._joint_sub])]:
+            sub.destroy()
+        self._camera_subs, self._joint_sub = {}, None
         if self._pub is not None:
             self.destroy_publisher(self._pub)
             self._pub = None
@@ -268,23 +266,32 @@ class PolicyNode(ReleasingLifecycleNode):
             else:
                 self._input_faults[topic] = fault
 
-    def _on_image(self, msg: Image, key: str, topic: str) -> None:
-        try:
-            image = prepare_model_image(message_to_rgb8(msg, topic=topic), self.image_shape)
-        except (ImageDecodeError, ValueError) as err:
-            self._set_fault(topic, HoldReason(HoldCode.BAD_IMAGE, str(err), topic))
-            return
-        self._set_fault(topic, None)
-        self.controller.history.push_image(key, self._stamp_of(msg), image)
+    def _take_joint_states(self) -> None:
+        topic = self._joint_sub.topic
+        for msg, _ in self._joint_sub.take():
+            try:
+                self.controller.history.push_joint_state(self._stamp_of(msg), list(msg.name), list(msg.position))
+            except ValueError as err:  # names and positions of different lengths
+                self._set_fault(topic, HoldReason(HoldCode.MISSING_JOINT, f'malformed JointState: {err}', topic))
+                continue
+            self._set_fault(topic, None)
 
-    def _on_joint_state(self, msg: JointState) -> None:
-        topic = self.params.joint_states_topic
-        try:
-            self.controller.history.push_joint_state(self._stamp_of(msg), list(msg.name), list(msg.position))
-        except ValueError as err:  # names and positions of different lengths
-            self._set_fault(topic, HoldReason(HoldCode.MISSING_JOINT, f'malformed JointState: {err}', topic))
-            return
-        self._set_fault(topic, None)
+    def _take_camera_frames(self) -> None:
+        """Frames are stored raw after a constant-time check of their fields: the worker decodes the
+        ones its window uses (`_decode_image`)."""
+        for key, sub in self._camera_subs.items():
+            for msg, _ in sub.take():
+                try:
+                    check_image_fields(msg, topic=sub.topic)
+                except ImageDecodeError as err:
+                    self._set_fault(sub.topic, HoldReason(HoldCode.BAD_IMAGE, str(err), sub.topic))
+                    continue
+                self._set_fault(sub.topic, None)
+                self.controller.history.push_image(key, self._stamp_of(msg), msg)
+
+    def _decode_image(self, msg: Image, topic: str) -> np.ndarray:
+        """On the inference worker: a raw frame as the model sees it (the dataset's own functions)."""
+        return prepare_model_image(message_to_rgb8(msg, topic=topic), self.image_shape)
 
     # ------------------------------------------------------------------ inference (worker thread)
     def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -307,20 +314,29 @@ class PolicyNode(ReleasingLifecycleNode):
 
     # ------------------------------------------------------------------ the control tick
     def _tick(self) -> None:
-        with self._faults_lock:
-            faults = list(self._input_faults.values())
+        """Publish first, then take the camera frames and wake the worker: what varies in time (frame
+        copies, decoding, inference) happens after this tick's command is out."""
         try:
-            result = self.controller.tick(self._now(), faults)
+            self._take_joint_states()
+            with self._faults_lock:
+                faults = list(self._input_faults.values())
+            result = self.controller.tick(self._now(), faults, wake_worker=False)
         except Exception as err:  # noqa: BLE001 - a bug in one tick must not take the node down
             self.get_logger().error(f'control tick failed, publishing nothing this tick: {err!r}',
                                     throttle_duration_sec=5.0)
             return
+        if result.points is not None:
+            self._publish(result.points)
         if result.log_message and result.reason is None:
             self.get_logger().info(result.log_message)
         elif result.log_message:
             self.get_logger().warning(result.log_message)
-        if result.points is not None:
-            self._publish(result.points)
+        try:
+            self._take_camera_frames()
+        except Exception as err:  # noqa: BLE001
+            self.get_logger().error(f'taking camera frames failed: {err!r}', throttle_duration_sec=5.0)
+        if result.wants_chunk:
+            self.controller.request_chunk()
 
     def _publish(self, points: np.ndarray) -> None:
         msg = make_joint_trajectory(self.controller.limits.names, points, self.period,
@@ -369,10 +385,10 @@ class PolicyNode(ReleasingLifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
+    apply_dds_profile()
     rclpy.init(args=args)
     node = PolicyNode()
-    # Every callback is short (DDIM runs on the worker thread), so one executor thread serves them all.
-    return spin_lifecycle_node(node, node.params.autostart, num_threads=1)
+    return spin_lifecycle_node(node, node.params.autostart)
 
 
 if __name__ == '__main__':

@@ -40,6 +40,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
+from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import (MessageError, make_image, make_joint_state, seconds_to_stamp,
                                                  trajectory_to_sample)
 from diffusion_policy_ros.nodes.params import declare_parameters
@@ -534,6 +535,7 @@ class SimRobotNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    apply_dds_profile()
     rclpy.init(args=args)
     try:
         node = SimRobotNode()

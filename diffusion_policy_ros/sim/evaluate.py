@@ -137,6 +137,7 @@ class SimTimeInference:
         self.latency = RollingPercentiles(100_000)  # wall-clock seconds per policy call
         self.stats = WorkerStats()
         self.last_error = None  # a policy error propagates (evaluation must not hide it)
+        self.bad_frame = None  # frames are pushed decoded here
         self._in_flight: tuple[float, ActionChunk] | None = None
         self._last_obs_time = -math.inf
 
