@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ class SpinningNode:
         if not rclpy.ok():
             rclpy.init()
         self.node = Node(name)
-        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor = SingleThreadedExecutor()  # the multi-threaded one busy-polls a core
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()

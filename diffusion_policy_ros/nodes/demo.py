@@ -157,7 +157,7 @@ def _write_gif(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     from diffusion_policy_ros.nodes.bringup import BringUp, plan_bringup, resolve_config
     out = Path(args.out)
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         bringup.start()
         monitor_node = rclpy.create_node('demo_monitor')
         monitor = DemoMonitor(monitor_node, '/sim_robot_node/task_status', '/camera/color/image_raw')
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = SingleThreadedExecutor()
         executor.add_node(monitor_node)
         threading.Thread(target=executor.spin, daemon=True).start()
         _wait(lambda: monitor.snapshot_status(), 30, 'the sim task status', bringup)

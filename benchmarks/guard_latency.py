@@ -1,0 +1,163 @@
+"""Proposal-to-output latency of collision_guard_node, free and colliding chunks, under load.
+
+The sim stack of `make demo` runs beside it (sim_robot_node, policy_node and their own guard, from
+config/sim.yaml, with the policy acting on pick_place), so the CPU is as busy as on the demo. The guard
+measured is a second collision_guard_node on its own topics, with the params file's table plus a box,
+fed joint states at HOME (100 Hz) from this process. Probes alternate: a free chunk (joint 1 turns away
+from the box: forwarded unchanged) and a colliding one (joint 1 turns through the box: replaced by a
+fallback plan). Each probe waits for the guard's answer; latency is from publishing the probe to
+receiving the answer, wall clock, in this process (both DDS hops included). Prints one JSON object.
+
+    python benchmarks/guard_latency.py [--probes 200] [--no-load]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPICS = {'input_topic': '/guard_bench/proposed', 'output_topic': '/guard_bench/checked',
+          'joint_states_topic': '/guard_bench/joint_states', 'scene_topic': '/guard_bench/scene'}
+BOX = {'size': [0.1, 0.1, 0.3], 'pose': [0.25, 0.25, 0.5]}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ms = np.asarray(values) * 1e3
+    return {'n': int(ms.size), 'p50_ms': round(float(np.median(ms)), 3),
+            'p99_ms': round(float(np.percentile(ms, 99)), 3), 'max_ms': round(float(ms.max()), 3)}
+
+
+def guard_command() -> list[str]:
+    args = [sys.executable, '-m', 'diffusion_policy_ros.nodes.collision_guard_node', '--ros-args',
+            '--params-file', str(ROOT / 'config' / 'collision_guard.yaml')]
+    params = {**TOPICS, 'scene.object_names': '[table,box]', 'scene.box.shape': 'box',
+              'scene.box.size': '[' + ','.join(map(str, BOX['size'])) + ']',
+              'scene.box.pose': '[' + ','.join(map(str, BOX['pose'])) + ']', 'diagnostics_rate_hz': '2.0'}
+    for key, value in params.items():
+        args += ['-p', f'{key}:={value}']
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--probes', type=int, default=200, help='probes of each kind')
+    parser.add_argument('--no-load', action='store_true', help='leave the demo stack out (quiet baseline)')
+    args = parser.parse_args()
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    from diffusion_policy_ros.nodes.messages import make_joint_trajectory
+    from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS
+    env = os.environ.copy()
+    procs = [subprocess.Popen(guard_command(), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT)]
+    if not args.no_load:
+        procs.append(subprocess.Popen([sys.executable, '-m', 'diffusion_policy_ros.nodes.bringup', '--config',
+                                       'config/sim.yaml'], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.STDOUT))
+    rclpy.init()
+    node = rclpy.create_node('guard_latency_bench')
+    answers: list[tuple[float, JointTrajectory]] = []
+    lock = threading.Lock()
+    diagnostics: dict[str, dict[str, str]] = {}
+
+    def on_answer(msg: JointTrajectory) -> None:
+        with lock:
+            answers.append((time.perf_counter(), msg))
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            diagnostics[status.name.split(':')[0]] = {kv.key: kv.value for kv in status.values}
+
+    home = np.array(PANDA_HOME)
+    joints = node.create_publisher(JointState, TOPICS['joint_states_topic'], qos_profile_sensor_data)
+    probes = node.create_publisher(JointTrajectory, TOPICS['input_topic'], 10)
+    answer_sub = node.create_subscription(JointTrajectory, TOPICS['output_topic'], on_answer, 10)
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 20)
+
+    def publish_joints() -> None:
+        msg = JointState(name=list(PANDA_JOINTS), position=[float(x) for x in home])
+        msg.header.stamp = node.get_clock().now().to_msg()
+        joints.publish(msg)
+
+    node.create_timer(0.01, publish_joints)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+
+    def chunk(turn: float) -> JointTrajectory:
+        goal = home + np.eye(len(home))[0] * turn
+        return make_joint_trajectory(PANDA_JOINTS, np.linspace(home, goal, 17)[1:], 0.1,
+                                     node.get_clock().now().to_msg())
+
+    latency: dict[str, list[float]] = {'free': [], 'colliding': []}
+    kinds: dict[str, list[int]] = {'free': [], 'colliding': []}
+    try:
+        deadline = time.monotonic() + 180
+        while diagnostics.get('collision_guard_node', {}).get('joint_state') != 'fresh' or \
+                answer_sub.get_publisher_count() == 0 or probes.get_subscription_count() == 0:
+            if time.monotonic() > deadline:
+                raise SystemExit(f'the guard did not come up (diagnostics {diagnostics})')
+            time.sleep(0.2)
+        if not args.no_load:
+            while 'policy_node' not in diagnostics and time.monotonic() < deadline:
+                time.sleep(0.2)
+        time.sleep(2.0)
+        for i in range(2 * args.probes):
+            kind = 'free' if i % 2 == 0 else 'colliding'
+            msg = chunk(-0.3 if kind == 'free' else 1.57)
+            with lock:
+                count = len(answers)
+            sent = time.perf_counter()
+            probes.publish(msg)
+            while True:
+                with lock:
+                    if len(answers) > count:
+                        received, answer = answers[count]
+                        break
+                if time.perf_counter() - sent > 5.0:
+                    raise SystemExit(f'no answer to a {kind} probe within 5 s')
+                time.sleep(0.0002)
+            latency[kind].append(received - sent)
+            kinds[kind].append(len(answer.points))
+            time.sleep(max(0.0, 0.1 - (time.perf_counter() - sent)))  # the policy's 10 Hz
+        guard = diagnostics.get('collision_guard_node', {})
+        result = {
+            'benchmark': 'guard_latency', 'load': 'none' if args.no_load else 'sim + policy + guard of config/sim.yaml',
+            'free': percentiles(latency['free']), 'colliding': percentiles(latency['colliding']),
+            'free_forwarded_unchanged': int(sum(n == 16 for n in kinds['free'])),
+            'colliding_replaced': int(sum(n != 16 for n in kinds['colliding'])),
+            'guard_diagnostics': {k: guard.get(k) for k in (
+                'check_latency_p50_ms', 'check_latency_p99_ms', 'planning_time_p50_ms', 'planning_time_p99_ms',
+                'output_latency_free_p99_ms', 'output_latency_blocked_p99_ms', 'fallbacks_planned',
+                'planning_failures', 'plans_superseded')},
+            'policy_inference_p50_ms': diagnostics.get('policy_node', {}).get('inference_latency_p50_ms'),
+            'policy_inference_p99_ms': diagnostics.get('policy_node', {}).get('inference_latency_p99_ms'),
+            'target': 'free p99 <= 10 ms, colliding p99 <= 150 ms',
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        os._exit(0)
+
+
+if __name__ == '__main__':
+    main()
