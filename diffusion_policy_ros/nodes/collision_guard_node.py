@@ -9,7 +9,7 @@ the measured position (the arm holds). The scene comes from the params file and 
 
 Threads: one single-threaded executor runs every callback (rclpy's multi-threaded one busy-polls a
 core while idle); each proposed chunk is checked there on arrival (under a millisecond), and only a
-blocked chunk's fallback plan runs on the planning thread (`collision.planning_worker`), so planning
+blocked chunk's fallback plan runs on the planning thread (`worker_thread.LatestJobThread`), so planning
 never delays the measured state, a scene update or the next free chunk. The scene is swapped
 atomically (`Scene.set_objects`) and the checker, serialised by its own lock, rebuilds on its next call.
 
@@ -44,7 +44,6 @@ from visualization_msgs.msg import MarkerArray
 from diffusion_policy_ros.collision.config import NODE_NAME, CollisionGuardConfig
 from diffusion_policy_ros.collision.guard import CollisionGuard, GuardCounters, GuardDecision, TrajectoryChunk
 from diffusion_policy_ros.collision.moveit_backend import CollisionBackend, select_backend
-from diffusion_policy_ros.collision.planning_worker import PlanningWorker
 from diffusion_policy_ros.collision.robot_model import RobotModel
 from diffusion_policy_ros.collision.scene import Scene
 from diffusion_policy_ros.collision.scene_overlay import MarkerScene
@@ -54,6 +53,7 @@ from diffusion_policy_ros.nodes.messages import (MessageError, joint_state_to_sa
                                                  stamp_to_seconds, trajectory_to_sample)
 from diffusion_policy_ros.nodes.polled import JOINT_STATE_QOS, PolledSubscription
 from diffusion_policy_ros.robot_description import panda_description
+from diffusion_policy_ros.worker_thread import LatestJobThread
 
 
 @dataclass
@@ -173,7 +173,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self.guard: CollisionGuard | None = None
         self.scene: MarkerScene | None = None
         self.model: RobotModel | None = None
-        self.planning: PlanningWorker | None = None
+        self.planning: LatestJobThread | None = None
         self._active = False
         self._lock = threading.Lock()  # measured state, scene bookkeeping and diagnostics fields
         # joint -> (position, arrival in ns since the epoch, header stamp in node-clock seconds or 0)
@@ -233,7 +233,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self.guard = CollisionGuard(self.backend.checker, self.backend.planner,
                                     max_joint_step=config.max_joint_step, hold_time_s=config.control_period_s,
                                     clock=self._now)
-        self.planning = PlanningWorker(on_error=self._on_planning_error)
+        self.planning = LatestJobThread('guard-planner', on_error=self._on_planning_error)
         self.planning.start()
         self._reset_stats()
         # Taken when a chunk is checked (and for diagnostics), not one executor wake-up per message.

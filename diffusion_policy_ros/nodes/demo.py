@@ -55,7 +55,8 @@ class DemoMonitor:
         self._lock = threading.Lock()
         self.status: dict = {}
         self.diagnostics: dict[str, dict[str, str]] = {}
-        self.command_times: list[float] = []
+        self.command_stamps: dict[int, list[float]] = {}  # episode -> sim-time stamps of its commands
+        self.episode: int | None = None  # the episode whose policy runs now
         self.proposal_count = 0
         self.frames: list[np.ndarray] = []
         self.capture = False
@@ -76,8 +77,18 @@ class DemoMonitor:
                 self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
 
     def _on_command(self, msg) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         with self._lock:
-            self.command_times.append(time.monotonic())
+            if self.episode is not None:
+                self.command_stamps.setdefault(self.episode, []).append(stamp)
+
+    def command_rate_hz(self) -> float:
+        """Commands per sim second while the policy ran, over every episode (stamps are sim time, so
+        a slow CPU shows as a lower rate only if commands were really missing)."""
+        with self._lock:
+            spans = [(len(s) - 1, max(s) - min(s)) for s in self.command_stamps.values() if len(s) > 2]
+        seconds = sum(span for _, span in spans)
+        return sum(n for n, _ in spans) / seconds if seconds > 0 else 0.0
 
     def _on_proposal(self, msg) -> None:
         with self._lock:
@@ -200,8 +211,10 @@ def run(args: argparse.Namespace) -> int:
             _wait(lambda: float(monitor.snapshot_status().get('episode_time', 0.0)) >= POLICY_START_AFTER_S, 30,
                   f'episode {i + 1} to settle', bringup)
             _trigger(monitor_node, '/policy_node/start')
+            monitor.episode = i
             limit = float(monitor.snapshot_status().get('time_limit', 30.0))
             _wait(lambda: monitor.snapshot_status().get('done'), limit * 4 + 30, f'episode {i + 1} to end', bringup)
+            monitor.episode = None
             monitor.capture = False
             status = monitor.snapshot_status()
             result = EpisodeResult(i + 1, seed, bool(status.get('success')), float(status.get('episode_time', 0.0)),
@@ -211,9 +224,7 @@ def run(args: argparse.Namespace) -> int:
                   f'{"success" if result.success else "failure"} after {result.sim_seconds:.1f} s sim time', flush=True)
         policy_diag = monitor.diagnostics_of('policy_node')
         guard_diag = monitor.diagnostics_of('collision_guard_node')
-        times = np.array(monitor.command_times)
-        recent = times[times > times[-1] - 20.0] if times.size else times
-        rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+        rate = monitor.command_rate_hz()
         successes = sum(r.success for r in results)
         holds = {k.split(' ', 1)[-1]: float(v) for k, v in policy_diag.items() if k.startswith('hold_s')}
         report.update({

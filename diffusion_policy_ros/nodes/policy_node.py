@@ -5,13 +5,15 @@ monitor, the inference worker thread and the chunk executor live in `diffusion_p
 the policy in `diffusion_policy_ros.core`, image decoding in `diffusion_policy_ros.data.image_codec`.
 
 Threads: one single-threaded executor runs the control tick and the services. Joint states and camera
-frames are not executor callbacks: each tick takes what arrived since the last one (`nodes.polled`),
-joint states before it plans (the clamp and HOLD start from the newest measurement) and camera frames
-after it has published, stored raw. The inference worker decodes the frames its window uses and runs
-DDIM, so the tick never waits for inference or for image decoding.
+frames are not executor callbacks (`nodes.polled`): each tick takes the joint states that arrived
+since the last one before it plans (the clamp and HOLD start from the newest measurement) and, once it
+has published, hands the camera frames to the camera thread, which takes them out of DDS (a large
+frame takes long to copy) and stores them raw. The inference worker decodes the frames its window
+uses and runs DDIM. The tick never waits for a frame copy, image decoding or inference.
 """
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -30,8 +32,8 @@ from diffusion_policy_ros.control.chunks import BLENDING_MODES, DEFAULT_BLENDING
 from diffusion_policy_ros.control.controller import ControllerConfig, PolicyController
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
-from diffusion_policy_ros.data.image_codec import (ImageDecodeError, check_image_fields, message_to_rgb8,
-                                                   prepare_model_image)
+from diffusion_policy_ros.data.image_codec import (ImageDecodeError, cdr_header_stamp, image_from_cdr,
+                                                   message_to_rgb8, prepare_model_image)
 from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
@@ -39,6 +41,7 @@ from diffusion_policy_ros.nodes.params import declare_parameters
 from diffusion_policy_ros.nodes.polled import CAMERA_QOS, JOINT_STATE_QOS, PolledSubscription
 from diffusion_policy_ros.paths import share_dir
 from diffusion_policy_ros.robot_description import PANDA_JOINTS, panda_description
+from diffusion_policy_ros.worker_thread import LatestJobThread
 
 
 @dataclass
@@ -125,6 +128,8 @@ class PolicyNode(ReleasingLifecycleNode):
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._joint_sub: PolledSubscription | None = None
         self._camera_subs: dict[str, PolledSubscription] = {}  # camera key -> its topic's subscription
+        self._camera_thread: LatestJobThread | None = None
+        self._chunk_wanted = threading.Event()  # set by the tick, consumed by the camera thread
         self._pub = None
         self._timers: list = []
         self.controller: PolicyController | None = None
@@ -190,7 +195,8 @@ class PolicyNode(ReleasingLifecycleNode):
             camera_span_s=(cfg.n_obs_steps + 1) * self.period)
         with self._faults_lock:
             self._input_faults = {}
-        self._camera_subs = {key: PolledSubscription(self, Image, topic, CAMERA_QOS) for key, topic in topic_of.items()}
+        self._camera_subs = {key: PolledSubscription(self, Image, topic, CAMERA_QOS, raw=True)
+                             for key, topic in topic_of.items()}
         self._joint_sub = PolledSubscription(self, JointState, p.joint_states_topic, JOINT_STATE_QOS)
         self._pub = self.create_publisher(JointTrajectory, p.output_topic, 10)
         self.get_logger().info(
@@ -222,8 +228,19 @@ class PolicyNode(ReleasingLifecycleNode):
         except Exception as err:  # noqa: BLE001
             self.get_logger().error(f'activate failed: warm-up inference raised {err!r}')
             return TransitionCallbackReturn.FAILURE
+        if self._camera_subs:
+            # Copying frames out of DDS is the least urgent work here (a 4000x3000 frame takes ~110 ms):
+            # it runs 10 nice steps below the tick.
+            self._camera_thread = LatestJobThread('camera-taker', nice=10, on_error=lambda err: self.get_logger().error(
+                f'taking camera frames failed: {err!r}', throttle_duration_sec=5.0))
+            self._camera_thread.start()
         self._timers = [self.create_timer(self.period, self._tick),
                         self.create_timer(1.0 / self.params.diagnostics_rate_hz, self._publish_diagnostics)]
+        # Everything allocated so far (torch, the model, rclpy) lives as long as the node: frozen out of
+        # the garbage collector, a full collection no longer walks it while holding the GIL (tens of ms,
+        # seen as late ticks).
+        gc.collect()
+        gc.freeze()
         self.get_logger().info(f'active: warm-up inference {1000 * warmup[-1]:.1f} ms')
         return super().on_activate(state)
 
@@ -236,6 +253,9 @@ class PolicyNode(ReleasingLifecycleNode):
         for timer in self._timers:
             self.destroy_timer(timer)
         self._timers = []
+        if self._camera_thread is not None:
+            self._camera_thread.stop()
+            self._camera_thread = None
         if self.controller is not None:
             self.controller.shutdown()
             self.controller.executor.reset()
@@ -277,21 +297,25 @@ class PolicyNode(ReleasingLifecycleNode):
             self._set_fault(topic, None)
 
     def _take_camera_frames(self) -> None:
-        """Frames are stored raw after a constant-time check of their fields: the worker decodes the
-        ones its window uses (`_decode_image`)."""
+        """On the camera thread: frames are taken serialized and stored as they are with their stamp (the
+        worker deserializes and decodes the ones its window uses, `_decode_image`); then the worker is
+        woken if the tick asked for a chunk, so its window sees these frames."""
         for key, sub in self._camera_subs.items():
-            for msg, _ in sub.take():
+            for raw, _ in sub.take():
                 try:
-                    check_image_fields(msg, topic=sub.topic)
+                    stamp = cdr_header_stamp(raw, topic=sub.topic)
                 except ImageDecodeError as err:
                     self._set_fault(sub.topic, HoldReason(HoldCode.BAD_IMAGE, str(err), sub.topic))
                     continue
                 self._set_fault(sub.topic, None)
-                self.controller.history.push_image(key, self._stamp_of(msg), msg)
+                self.controller.history.push_image(key, stamp if stamp > 0 else self._now(), raw)
+        if self._chunk_wanted.is_set():
+            self._chunk_wanted.clear()
+            self.controller.request_chunk()
 
-    def _decode_image(self, msg: Image, topic: str) -> np.ndarray:
-        """On the inference worker: a raw frame as the model sees it (the dataset's own functions)."""
-        return prepare_model_image(message_to_rgb8(msg, topic=topic), self.image_shape)
+    def _decode_image(self, raw: bytes, topic: str) -> np.ndarray:
+        """On the inference worker: a serialized frame as the model sees it (the dataset's own functions)."""
+        return prepare_model_image(message_to_rgb8(image_from_cdr(raw, topic=topic), topic=topic), self.image_shape)
 
     # ------------------------------------------------------------------ inference (worker thread)
     def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -314,8 +338,8 @@ class PolicyNode(ReleasingLifecycleNode):
 
     # ------------------------------------------------------------------ the control tick
     def _tick(self) -> None:
-        """Publish first, then take the camera frames and wake the worker: what varies in time (frame
-        copies, decoding, inference) happens after this tick's command is out."""
+        """Publish first, then hand over to the camera thread (which wakes the worker): what varies in
+        time (frame copies, decoding, inference) happens off this thread, after the command is out."""
         try:
             self._take_joint_states()
             with self._faults_lock:
@@ -331,11 +355,11 @@ class PolicyNode(ReleasingLifecycleNode):
             self.get_logger().info(result.log_message)
         elif result.log_message:
             self.get_logger().warning(result.log_message)
-        try:
-            self._take_camera_frames()
-        except Exception as err:  # noqa: BLE001
-            self.get_logger().error(f'taking camera frames failed: {err!r}', throttle_duration_sec=5.0)
         if result.wants_chunk:
+            self._chunk_wanted.set()
+        if self._camera_thread is not None:
+            self._camera_thread.submit(self._take_camera_frames)
+        elif result.wants_chunk:
             self.controller.request_chunk()
 
     def _publish(self, points: np.ndarray) -> None:
@@ -385,6 +409,9 @@ class PolicyNode(ReleasingLifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
+    # The inference thread runs Python between torch kernels; the default 5 ms switch interval lets it
+    # keep the GIL that long after the tick thread asks for it.
+    sys.setswitchinterval(0.001)
     apply_dds_profile()
     rclpy.init(args=args)
     node = PolicyNode()

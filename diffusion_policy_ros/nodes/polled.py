@@ -37,24 +37,27 @@ class _NeverExecuted(CallbackGroup):
 
 
 class PolledSubscription:
-    """A subscription read with `take()`: every message queued since the last call, oldest first,
+    """A subscription read with `take()`: the messages queued since the last call, oldest first,
     each with its MessageInfo (`received_timestamp`: ns since the epoch, when it arrived).
 
-    At most `qos.depth` messages wait between two calls (KEEP_LAST drops the oldest), so the depth
+    At most `qos.depth` messages wait between two calls (KEEP_LAST drops the oldest), and one call
+    takes at most that many (messages arriving while it takes wait for the next call), so the depth
     bounds both memory and the work of one call. Any thread may call `take()`.
     """
 
-    def __init__(self, node: Node, msg_type: Any, topic: str, qos: QoSProfile) -> None:
+    def __init__(self, node: Node, msg_type: Any, topic: str, qos: QoSProfile, raw: bool = False) -> None:
+        """`raw`: take the serialized (CDR) bytes instead of a message object."""
         self.topic = topic
+        self.depth = max(1, int(qos.depth))
         self._node = node
         self._subscription = node.create_subscription(msg_type, topic, _never_called, qos,
-                                                      callback_group=_NeverExecuted())
+                                                      callback_group=_NeverExecuted(), raw=raw)
 
     def take(self) -> list[tuple[Any, MessageInfo]]:
         taken = []
         sub = self._subscription
         with sub.handle:
-            while (result := sub.handle.take_message(sub.msg_type, sub.raw)) is not None:
+            while len(taken) < self.depth and (result := sub.handle.take_message(sub.msg_type, sub.raw)) is not None:
                 taken.append(result)
         return taken
 

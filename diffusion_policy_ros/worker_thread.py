@@ -1,14 +1,15 @@
-"""The guard's planning thread: fallback plans run here, never on the node's executor thread.
+"""A thread for the slow work a node must keep off its executor thread: the newest job wins.
 
-A plan may take the whole planning budget (0.1 s by default); on the executor it would delay joint
-states, scene updates and the check of the next (free) chunk. The executor thread only calls
-`submit()` (a pointer swap under a lock); a job that arrives while another runs replaces any job
-still waiting, since a newer blocked chunk makes an older one's plan pointless. A job is a plan
-(`CollisionGuard.plan`), or a whole review where the checker itself waits on services answered by
-the executor (the MoveIt backend), which must then not be blocked by it.
+The guard's fallback plans run on one (a plan may take the whole 0.1 s budget; on the executor it
+would delay the check of the next, free chunk), and so do the policy node's camera takes (a 4000x3000
+frame takes ~110 ms to copy out of DDS; on the executor it would delay the control tick). The
+executor thread only calls `submit()` (a pointer swap under a lock); a job that arrives while another
+runs replaces any job still waiting, since the newer one makes the older pointless (a newer blocked
+chunk, a newer tick).
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,20 +18,21 @@ Job = Callable[[], None]
 
 
 @dataclass
-class PlanningStats:
+class JobStats:
     submitted: int = 0
-    replaced: int = 0  # waiting requests superseded by a newer one before planning started
+    replaced: int = 0  # waiting jobs superseded by a newer one before they started
     finished: int = 0
     errors: int = 0
 
 
-class PlanningWorker:
-    """Runs the newest job (which publishes its own decision); `on_error` gets what a job raised."""
+class LatestJobThread:
+    """Runs the newest job submitted (a job delivers its own result); `on_error` gets what a job raised."""
 
-    def __init__(self, on_error: Callable[[BaseException], None] | None = None,
-                 name: str = 'guard-planner') -> None:
+    def __init__(self, name: str, on_error: Callable[[BaseException], None] | None = None, nice: int = 0) -> None:
+        """`nice` > 0 runs the thread that many nice steps below the thread that starts it (Linux)."""
         self._on_error = on_error
-        self.stats = PlanningStats()
+        self._nice = nice
+        self.stats = JobStats()
         self._lock = threading.Lock()
         self._pending: Job | None = None
         self._wake = threading.Event()
@@ -56,7 +58,7 @@ class PlanningWorker:
             return self._pending is None and not self._busy
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Finish the plan in progress (bounded by the planning budget) and join the thread."""
+        """Let the job in progress finish, drop any waiting one, and join the thread."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
@@ -64,6 +66,12 @@ class PlanningWorker:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        if self._nice > 0 and hasattr(os, 'setpriority'):
+            try:  # threads are tasks on Linux: this lowers this thread alone
+                tid = threading.get_native_id()
+                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self._nice))
+            except OSError:
+                pass
         while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()
@@ -75,7 +83,7 @@ class PlanningWorker:
                     break
                 try:
                     job()
-                except Exception as err:  # noqa: BLE001 - the thread must outlive a failing plan
+                except Exception as err:  # noqa: BLE001 - the thread must outlive a failing job
                     self.stats.errors += 1
                     if self._on_error is not None:
                         self._on_error(err)
