@@ -7,8 +7,10 @@ robot (joint states at HOME), the policy (proposed chunks) and the scene publish
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import coal
 import numpy as np
@@ -344,6 +346,21 @@ def test_stale_joint_states_make_the_arm_hold_at_the_last_known_position(guard_n
     robot.wait_diagnostics(lambda d: d['joint_state'] == 'fresh', 'fresh joint states')
     free = trajectory(SMALL_MOTION)
     np.testing.assert_array_equal(positions(robot.propose(free)), positions(free))
+
+
+def test_the_guard_idles_on_a_fraction_of_a_core(guard_node, robot):
+    """Joint states at 50 Hz, no proposals: the single-threaded executor sleeps (the multi-threaded one
+    busy-polled a whole core) and joint states are taken on demand, not one wake-up each."""
+    ticks = os.sysconf('SC_CLK_TCK')
+
+    def cpu_seconds() -> float:
+        fields = Path(f'/proc/{guard_node.proc.pid}/stat').read_text().rsplit(')', 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    before, began = cpu_seconds(), time.monotonic()
+    time.sleep(10.0)
+    share = (cpu_seconds() - before) / (time.monotonic() - began)
+    assert share < 0.5, f'the idle guard used {share:.2f} of a core'
 
 
 def test_joint_state_taken_late_is_judged_by_when_it_arrived(robot):
