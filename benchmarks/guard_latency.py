@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOPICS = {'input_topic': '/guard_bench/proposed', 'output_topic': '/guard_bench/checked',
           'joint_states_topic': '/guard_bench/joint_states', 'scene_topic': '/guard_bench/scene'}
 BOX = {'size': [0.1, 0.1, 0.3], 'pose': [0.25, 0.25, 0.5]}
+MEASURED = 'guard_under_test'  # the stack beside it runs a collision_guard_node of its own
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -35,9 +37,14 @@ def percentiles(values: list[float]) -> dict[str, float]:
             'p99_ms': round(float(np.percentile(ms, 99)), 3), 'max_ms': round(float(ms.max()), 3)}
 
 
-def guard_command() -> list[str]:
+def guard_command(params_dir: Path) -> list[str]:
+    # The params file is keyed by the node's name: the renamed guard gets a copy under its own name.
+    import yaml
+    document = yaml.safe_load((ROOT / 'config' / 'collision_guard.yaml').read_text())
+    params_file = params_dir / 'guard_under_test.yaml'
+    params_file.write_text(yaml.safe_dump({MEASURED: document['collision_guard_node']}))
     args = [sys.executable, '-m', 'diffusion_policy_ros.nodes.collision_guard_node', '--ros-args',
-            '--params-file', str(ROOT / 'config' / 'collision_guard.yaml')]
+            '-r', f'__node:={MEASURED}', '--params-file', str(params_file)]
     params = {**TOPICS, 'scene.object_names': '[table,box]', 'scene.box.shape': 'box',
               'scene.box.size': '[' + ','.join(map(str, BOX['size'])) + ']',
               'scene.box.pose': '[' + ','.join(map(str, BOX['pose'])) + ']', 'diagnostics_rate_hz': '2.0'}
@@ -61,7 +68,8 @@ def main() -> None:
     from diffusion_policy_ros.nodes.messages import make_joint_trajectory
     from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS
     env = os.environ.copy()
-    procs = [subprocess.Popen(guard_command(), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    params_dir = Path(tempfile.mkdtemp(prefix='guard_latency_'))
+    procs = [subprocess.Popen(guard_command(params_dir), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.STDOUT)]
     if not args.no_load:
         procs.append(subprocess.Popen([sys.executable, '-m', 'diffusion_policy_ros.nodes.bringup', '--config',
@@ -102,11 +110,12 @@ def main() -> None:
         return make_joint_trajectory(PANDA_JOINTS, np.linspace(home, goal, 17)[1:], 0.1,
                                      node.get_clock().now().to_msg())
 
+    code = 0
     latency: dict[str, list[float]] = {'free': [], 'colliding': []}
     kinds: dict[str, list[int]] = {'free': [], 'colliding': []}
     try:
         deadline = time.monotonic() + 180
-        while diagnostics.get('collision_guard_node', {}).get('joint_state') != 'fresh' or \
+        while diagnostics.get(MEASURED, {}).get('joint_state') != 'fresh' or \
                 answer_sub.get_publisher_count() == 0 or probes.get_subscription_count() == 0:
             if time.monotonic() > deadline:
                 raise SystemExit(f'the guard did not come up (diagnostics {diagnostics})')
@@ -133,7 +142,7 @@ def main() -> None:
             latency[kind].append(received - sent)
             kinds[kind].append(len(answer.points))
             time.sleep(max(0.0, 0.1 - (time.perf_counter() - sent)))  # the policy's 10 Hz
-        guard = diagnostics.get('collision_guard_node', {})
+        guard = diagnostics.get(MEASURED, {})
         result = {
             'benchmark': 'guard_latency', 'load': 'none' if args.no_load else 'sim + policy + guard of config/sim.yaml',
             'free': percentiles(latency['free']), 'colliding': percentiles(latency['colliding']),
@@ -148,6 +157,9 @@ def main() -> None:
             'target': 'free p99 <= 10 ms, colliding p99 <= 150 ms',
         }
         print(json.dumps(result, indent=2))
+    except SystemExit as err:
+        print(f'guard_latency: {err}', file=sys.stderr, flush=True)
+        code = 1
     finally:
         for proc in procs:
             proc.terminate()
@@ -156,7 +168,7 @@ def main() -> None:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        os._exit(0)
+        os._exit(code)
 
 
 if __name__ == '__main__':
