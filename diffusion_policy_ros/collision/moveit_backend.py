@@ -196,11 +196,14 @@ def select_backend(requested: str, model: RobotModel, config: CollisionGuardConf
             why = f'move_group does not offer {CHECK_STATE_SERVICE} and {PLAN_SERVICE}'
         if requested == 'moveit':
             raise RuntimeError(f'backend moveit requested but unavailable: {why}')
-    checker = CollisionChecker(model, scene if scene is not None else config.scene(), config.padding,
-                               limit_tolerance=config.limit_tolerance)
+    scene = scene if scene is not None else config.scene()
+    checker = CollisionChecker(model, scene, config.padding, limit_tolerance=config.limit_tolerance)
     limits = MotionLimits.from_model(model, config.velocity_scaling, config.acceleration_limits,
                                      config.jerk_limits)
-    planner = FallbackPlanner(checker, limits, config.planning_time_budget_s, config.control_period_s,
+    # The planner checks with a checker of its own (same scene, own pinocchio data): the guard plans on
+    # one thread while it checks the next chunks on another, and one shared checker would serialise them.
+    planner_checker = CollisionChecker(model, scene, config.padding, limit_tolerance=config.limit_tolerance)
+    planner = FallbackPlanner(planner_checker, limits, config.planning_time_budget_s, config.control_period_s,
                               max_joint_step=config.max_joint_step, seed=config.seed)
     message = 'collision backend: embedded (pinocchio + coal, OMPL RRTConnect)'
     if why:

@@ -523,6 +523,9 @@ class CollisionGuardNode(ReleasingLifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
+    # The planning thread calls into Python for every state it checks; with the default 5 ms switch
+    # interval the check of a free chunk on the executor thread could wait that long for the GIL.
+    sys.setswitchinterval(0.001)
     apply_dds_profile()
     rclpy.init(args=args)
     try:
