@@ -4,7 +4,10 @@ import numpy as np
 import pinocchio as pin
 import pytest
 
-from diffusion_policy_ros.collision.checker import CollisionChecker, interpolate_path
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffusion_policy_ros.collision.checker import SWEEP_MARGIN, CollisionChecker, interpolate_path
 from diffusion_policy_ros.collision.robot_model import RobotModel
 from diffusion_policy_ros.collision.scene import Scene, SceneObject
 from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS, panda_description
@@ -197,10 +200,49 @@ def test_path_through_a_box_is_blocked_at_the_right_waypoint(panda):
     assert before[0] <= result.last_safe_point[0] < after[0]
     assert not checker.check_state(result.last_safe_point + np.eye(8)[0] * 0.02).valid
     # The same chunk is free once the box is gone; every state was checked.
-    free = CollisionChecker(panda).check_path(HOME, waypoints, max_joint_step=0.02)
+    empty = CollisionChecker(panda)
+    free = empty.check_path(HOME, waypoints, max_joint_step=0.02)
     assert free.valid and free.first_colliding_index is None
     np.testing.assert_array_equal(free.last_safe_point, goal)
-    assert free.checked_states == len(interpolate_path(HOME, waypoints, 0.02)[0])
+    assert free.checked_states == len(interpolate_path(HOME, waypoints, 0.02, empty.reach, 2 * SWEEP_MARGIN)[0])
+
+
+def finger_point(model: RobotModel, q: np.ndarray) -> np.ndarray:
+    data = model.model.createData()
+    pin.framesForwardKinematics(model.model, data, q)
+    return data.oMf[model.model.getFrameId('panda_leftfinger')].translation.copy()
+
+
+def test_an_obstacle_between_two_sampled_states_is_found():
+    """A 0.2 rad joint-1 turn moves the fingers 6 cm; a 6 mm ball where a finger passes halfway is missed
+    by checking the two end states (a sampled check at a 0.2 rad step), not by the swept check, whatever
+    its max_joint_step."""
+    description = panda_description()
+    panda = RobotModel.from_urdf(description.urdf_text(), description.srdf_text())
+    end = HOME + np.eye(8)[0] * 0.2
+    ball = SceneObject('ball', 'sphere', (0.003,), tuple(finger_point(panda, (HOME + end) / 2)), padding=0.0)
+    checker = CollisionChecker(panda, Scene([ball]))
+    assert checker.check_state(HOME).valid and checker.check_state(end).valid  # what sampling sees
+    result = checker.check_path(HOME, end[None], max_joint_step=0.2)
+    assert not result.valid and result.colliding_pair[1] == 'ball'
+
+
+@settings(max_examples=25, deadline=None)
+@given(turn=st.lists(st.floats(-0.15, 0.15), min_size=8, max_size=8),
+       offset=st.lists(st.floats(-0.03, 0.03), min_size=3, max_size=3), radius=st.floats(0.005, 0.03))
+def test_an_accepted_path_never_enters_an_obstacle_deeper_than_the_tolerance(panda, turn, offset, radius):
+    """Random short motions past a ball near the fingers: whatever the checker accepts, a dense re-check
+    (states 0.2 mm of motion apart) against the ball shrunk by max_penetration finds free."""
+    end = np.clip(HOME + np.asarray(turn), panda.limits.lower, panda.limits.upper)
+    center = finger_point(panda, (HOME + end) / 2) + np.asarray(offset)
+    checker = CollisionChecker(panda, Scene([SceneObject('ball', 'sphere', (radius,), tuple(center), padding=0.0)]),
+                               max_penetration=0.001)
+    if not checker.check_state(HOME).valid or not checker.check_path(HOME, end[None]).valid:
+        return
+    shrunk = CollisionChecker(panda, Scene([SceneObject('ball', 'sphere', (radius - 0.001,), tuple(center),
+                                                        padding=0.0)]))
+    dense, _ = interpolate_path(HOME, end[None], 1.0, checker.reach, 0.0002)
+    assert shrunk.first_invalid(dense) is None
 
 
 def test_path_from_an_invalid_start_has_no_safe_point(panda):

@@ -5,6 +5,8 @@ Panda from the URDF with pinocchio, and measures coal distances to the raw (unpa
 at a 0.005 rad resolution along the straight lines a trajectory controller follows between points.
 """
 import coal
+import time
+
 import numpy as np
 import pinocchio as pin
 import pytest
@@ -143,6 +145,22 @@ def test_unplannable_requests_fail_with_a_reason(panda):
     assert isinstance(inside, PlanningFailed) and 'goal' in inside.reason and 'panda_joint4' in inside.reason
     starved = make_planner(panda, [BOX], budget=1e-6).plan(HOME, QUARTER_TURN)
     assert isinstance(starved, PlanningFailed) and ('budget' in starved.reason or 'within' in starved.reason)
+
+
+def test_the_budget_bounds_the_whole_fallback_not_only_the_search(panda, monkeypatch):
+    """A search that finds its path in time but leaves no time for the rest (timing, the final check)
+    does not make a late plan: the fallback fails and the guard holds."""
+    planner = make_planner(panda, [BOX], budget=0.05)
+    search = planner._search
+
+    def slow_search(*args):
+        vertices = search(*args)
+        time.sleep(0.06)  # the rest of the fallback would start after the budget
+        return vertices
+    monkeypatch.setattr(planner, '_search', slow_search)
+    late = planner.plan(HOME, QUARTER_TURN)
+    assert isinstance(late, PlanningFailed) and 'budget' in late.reason
+    assert late.planning_time_s >= 0.05
 
 
 def test_joints_outside_the_plan_stay_where_they_are(panda):

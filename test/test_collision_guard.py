@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from diffusion_policy_ros.collision import moveit_backend
 from diffusion_policy_ros.collision.checker import CollisionChecker
@@ -110,6 +112,27 @@ def test_no_plan_within_the_budget_holds_position(panda):
     np.testing.assert_array_equal(decision.trajectory.positions, HOME[None])
     assert decision.trajectory.joint_names == PANDA_JOINTS
     assert guard.counters.planning_failures == 1 and guard.counters.holds == 1
+
+
+def test_a_plan_past_its_deadline_is_replaced_by_a_hold_and_dropped_when_it_comes(panda):
+    """check() asks for a plan; the node's deadline fires first (expire: hold at the measured position);
+    the plan that finishes later is not sent."""
+    guard = make_guard(panda)
+    asked = guard.check(MEASURED, chunk_towards(QUARTER_TURN), now_s=0.0)
+    assert asked.action == 'plan' and asked.trajectory is None
+    held = guard.expire(asked.plan_request)
+    assert held.action == 'hold' and 'planning budget' in held.reason
+    np.testing.assert_array_equal(held.trajectory.positions, HOME[None])
+    assert guard.plan(asked.plan_request) is None and guard.counters.plans_superseded == 1
+    assert guard.expire(asked.plan_request) is None  # decided once
+
+
+def test_a_free_chunk_checked_while_a_plan_runs_supersedes_it(panda):
+    guard = make_guard(panda)
+    asked = guard.check(MEASURED, chunk_towards(QUARTER_TURN), now_s=0.0)
+    assert guard.check(MEASURED, small_motion(), now_s=0.1).action == 'pass'
+    assert guard.plan(asked.plan_request) is None  # planned from an older state than what now runs
+    assert not guard.fallback_active
 
 
 def test_measured_state_in_collision_holds(panda):
@@ -281,3 +304,25 @@ def test_arm_measured_in_contact_may_leave_but_not_go_deeper(panda):
     deeper = guard.review(measured, chunk_towards(contact + np.eye(8)[0] * 0.3, start=contact, points=8),
                           now_s=0.1)
     assert deeper.action == 'hold' and 'measured state is invalid' in deeper.reason
+
+
+names_strategy = st.lists(st.sampled_from([*PANDA_JOINTS, 'elbow', '']), min_size=0, max_size=9)
+value = st.floats(allow_nan=True, allow_infinity=True) | st.floats(-4, 4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(names=names_strategy, rows=st.integers(0, 5), data=st.data(),
+       measured=st.dictionaries(st.sampled_from([*PANDA_JOINTS, 'elbow']), value, max_size=9))
+def test_any_chunk_and_measurement_get_a_decision_never_an_exception(panda, names, rows, data, measured):
+    """Arbitrary names (unknown, repeated, none), shapes, values (NaN, inf, huge), times and measured
+    states: check() returns a decision; what it passes is finite and within the joint limits."""
+    guard = make_guard(panda)
+    positions = np.array([[data.draw(value) for _ in names] for _ in range(rows)]).reshape(rows, len(names))
+    times = np.array([data.draw(st.floats(-1, 2) | st.just(float('nan'))) for _ in range(rows)])
+    decision = guard.check(measured, TrajectoryChunk(tuple(names), positions, times), now_s=0.0)
+    assert decision.action in ('pass', 'replace', 'hold', 'reject', 'plan')
+    if decision.action == 'pass':
+        q = np.asarray(decision.trajectory.positions, dtype=float)
+        lower = panda.limits.lower[[PANDA_JOINTS.index(n) for n in names]]
+        upper = panda.limits.upper[[PANDA_JOINTS.index(n) for n in names]]
+        assert np.isfinite(q).all() and (q >= lower - 1e-3).all() and (q <= upper + 1e-3).all()

@@ -4,10 +4,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image as PILImage
 
 from diffusion_policy_ros.data.image_codec import (
-    ImageDecodeError, decode_compressed, decode_image, encode_rgb8, message_to_rgb8,
+    ENCODINGS, ImageDecodeError, decode_compressed, decode_image, encode_rgb8, message_to_rgb8,
     prepare_model_image, to_rgb8)
 
 RNG = np.random.default_rng(0)
@@ -79,8 +81,18 @@ def test_to_rgb8_channel_order_alpha_mono_and_scaling():
     deep = np.array([[[0], [257 * 100], [65535]]], dtype=np.uint16)
     assert to_rgb8(deep, 'mono16')[0, :, 0].tolist() == [0, 100, 255]
     assert to_rgb8(deep, '16UC1', value_range=(0, 257 * 100))[0, :, 1].tolist() == [0, 255, 255]
-    depth = np.array([[[0.0], [0.5], [2.0], [np.nan]]], dtype=np.float32)
-    assert to_rgb8(depth, '32FC1')[0, :, 2].tolist() == [0, 128, 255, 0]
+    depth = np.array([[[0.0], [0.5], [2.0]]], dtype=np.float32)
+    assert to_rgb8(depth, '32FC1')[0, :, 2].tolist() == [0, 128, 255]
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_a_float_image_with_non_finite_pixels_is_refused_with_its_topic(bad):
+    depth = np.array([[[0.0], [0.5], [bad]]], dtype=np.float32)
+    with pytest.raises(ImageDecodeError, match='non-finite'):
+        to_rgb8(depth, '32FC1')
+    msg = make_msg(depth, '32FC1')
+    with pytest.raises(ImageDecodeError, match=r"'/depth'.*1 non-finite"):
+        message_to_rgb8(msg, topic='/depth')
 
 
 def test_wrong_data_length_names_topic_stamp_and_encoding():
@@ -155,8 +167,6 @@ def test_encode_rgb8_fields():
 
 
 # ---------------------------------------------------------------------- serialized frames (policy_node's path)
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
 
 @settings(max_examples=60, deadline=None)
 @given(height=st.integers(1, 12), width=st.integers(1, 12), pad=st.integers(0, 5),
@@ -207,3 +217,34 @@ def test_a_truncated_or_foreign_serialized_frame_is_refused_with_the_topic(cut):
         assert cdr_header_stamp(raw) == pytest.approx(1.000000002)
     with pytest.raises(ImageDecodeError, match='CDR'):
         cdr_header_stamp(b'\xff\xff' + raw[2:], topic='/cam')
+
+
+@settings(max_examples=200, deadline=None)
+@given(height=st.integers(-2, 6), width=st.integers(-2, 6), step=st.integers(-4, 40),
+       encoding=st.sampled_from([*ENCODINGS, 'yuv422', '', 'rgb16']), length=st.integers(0, 200),
+       fill=st.sampled_from([0.0, 1.0, float('nan'), float('inf'), 1e30]), bigendian=st.booleans())
+def test_any_image_message_decodes_to_rgb8_or_is_refused_with_an_image_error(height, width, step, encoding,
+                                                                              length, fill, bigendian):
+    """Arbitrary sizes, steps, data lengths, encodings and float contents: an (H, W, 3) uint8 image, or
+    ImageDecodeError (what the nodes turn into a HOLD), never anything else."""
+    data = np.full(length // 4, fill, dtype=np.float32).tobytes() + bytes(length % 4)
+    msg = SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=1, nanosec=2)), height=height,
+                          width=width, step=step, encoding=encoding, is_bigendian=int(bigendian), data=data)
+    try:
+        rgb = message_to_rgb8(msg, topic='/any')
+    except ImageDecodeError as err:
+        assert '/any' in str(err)
+        return
+    assert rgb.dtype == np.uint8 and rgb.shape == (height, width, 3) and height > 0 and width > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=96), head=st.sampled_from([b'\x00\x01\x00\x00', b'\x00\x00\x00\x00', b'']))
+def test_any_bytes_read_as_a_serialized_frame_or_are_refused(raw, head):
+    from diffusion_policy_ros.data.image_codec import cdr_header_stamp, check_image_fields, image_from_cdr
+    data = head + raw
+    for read in (lambda: cdr_header_stamp(data), lambda: check_image_fields(image_from_cdr(data))):
+        try:
+            read()
+        except ImageDecodeError:
+            pass

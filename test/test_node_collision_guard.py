@@ -348,6 +348,22 @@ def test_stale_joint_states_make_the_arm_hold_at_the_last_known_position(guard_n
     np.testing.assert_array_equal(positions(robot.propose(free)), positions(free))
 
 
+def test_an_implausible_joint_state_is_rejected_and_the_last_trusted_one_is_used(guard_node, robot):
+    """A burst of joint states with joint 1 at 50 rad (and a duplicated name) between the good ones: they
+    are rejected and counted; the chunk is checked from the last trusted state, and passes."""
+    end_any_fallback(robot)
+    bad = JointState(name=list(PANDA_JOINTS), position=[50.0, *HOME[1:]])
+    duplicate = JointState(name=[*PANDA_JOINTS, 'panda_joint1'], position=[*HOME, 1.0])
+    for _ in range(10):
+        for msg in (bad, duplicate):
+            msg.header.stamp = robot.node.get_clock().now().to_msg()
+            robot.joint_pub.publish(msg)
+    proposed = trajectory(SMALL_MOTION)
+    np.testing.assert_array_equal(positions(robot.propose(proposed)), positions(proposed))
+    diag = robot.wait_diagnostics(lambda d: int(d['joint_states_rejected']) > 0, 'rejected joint states')
+    assert 'OUT_OF_LIMITS' in diag['last_joint_state_problem'] or 'DUPLICATE' in diag['last_joint_state_problem']
+
+
 def test_the_guard_idles_on_a_fraction_of_a_core(guard_node, robot):
     """Joint states at 50 Hz, no proposals: the single-threaded executor sleeps (the multi-threaded one
     busy-polled a whole core) and joint states are taken on demand, not one wake-up each."""

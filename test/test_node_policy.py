@@ -17,7 +17,7 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from diffusion_policy_ros.control.limits import JointLimits
-from diffusion_policy_ros.nodes.messages import duration_to_seconds, make_image, stamp_to_seconds
+from diffusion_policy_ros.nodes.messages import duration_to_seconds, make_image, seconds_to_stamp, stamp_to_seconds
 from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS, panda_description
 
 from ros_helpers import NodeProcess, SpinningNode, wait_for
@@ -54,6 +54,9 @@ class FakeRobot(SpinningNode):
         self.joint_pub = node.create_publisher(JointState, '/joint_states', qos_profile_sensor_data)
         self.camera_on = True
         self.image_encoding = 'rgb8'
+        self.image_size = (48, 64)
+        self.image_stamp_offset_s = 0.0  # one frame stamped this far ahead, then back to normal
+        self.joint_positions_override = None  # positions list to publish instead (may be any length)
         self.joint_names = list(PANDA_JOINTS)
         self.positions = np.array(PANDA_HOME, dtype=float)
         self.trajectories: list[tuple[float, JointTrajectory]] = []
@@ -67,17 +70,24 @@ class FakeRobot(SpinningNode):
     def _publish_image(self):
         if not self.camera_on:
             return
-        rgb = np.full((48, 64, 3), 120, np.uint8)
-        msg = make_image(rgb, self.node.get_clock().now().to_msg())
+        now = self.node.get_clock().now()
+        rgb = np.full((*self.image_size, 3), 120, np.uint8)
+        msg = make_image(rgb, now.to_msg())
         if self.image_encoding != 'rgb8':
             msg.encoding = self.image_encoding
+        if self.image_stamp_offset_s:
+            msg.header.stamp = seconds_to_stamp(now.nanoseconds * 1e-9 + self.image_stamp_offset_s)
+            self.image_stamp_offset_s = 0.0
         self.image_pub.publish(msg)
 
     def _publish_joints(self):
         msg = JointState()
         msg.header.stamp = self.node.get_clock().now().to_msg()
         msg.name = list(self.joint_names)
-        msg.position = [float(x) for x in self.positions[:len(self.joint_names)]]
+        if self.joint_positions_override is not None:
+            msg.position = [float(x) for x in self.joint_positions_override]
+        else:
+            msg.position = [float(x) for x in self.positions[:len(self.joint_names)]]
         self.joint_pub.publish(msg)
 
     def _on_trajectory(self, msg):
@@ -178,31 +188,72 @@ def test_camera_stop_holds_within_age_limit_and_resumes(policy_node, robot):
     robot.wait_state('RUNNING', timeout=5)
 
 
-@pytest.mark.parametrize('fault,code', [('nan', 'NON_FINITE'), ('encoding', 'BAD_IMAGE'),
-                                        ('missing_joint', 'MISSING_JOINT')])
-def test_bad_input_holds_with_reason_and_node_stays_up(policy_node, robot, fault, code):
+FAULTS = {
+    'nan': ('NON_FINITE', dict(joint_positions_override=[*PANDA_HOME[:2], float('nan'), *PANDA_HOME[3:]])),
+    'inf': ('NON_FINITE', dict(joint_positions_override=[float('inf'), *PANDA_HOME[1:]])),
+    'out_of_limits': ('OUT_OF_LIMITS', dict(joint_positions_override=[50.0, *PANDA_HOME[1:]])),
+    'duplicate': ('DUPLICATE_JOINT', dict(joint_names=[*PANDA_JOINTS, 'panda_joint1'],
+                                          joint_positions_override=[*PANDA_HOME, PANDA_HOME[0] + 1.0])),
+    'empty': ('MISSING_JOINT', dict(joint_names=[], joint_positions_override=[])),
+    'missing_joint': ('MISSING_JOINT', dict(joint_names=list(PANDA_JOINTS[:-1]))),
+    'encoding': ('BAD_IMAGE', dict(image_encoding='yuv422_weird')),
+    'zero_size': ('BAD_IMAGE', dict(image_size=(0, 0))),
+}
+
+
+@pytest.mark.parametrize('fault', list(FAULTS))
+def test_bad_input_holds_at_the_measured_position_from_the_first_tick(policy_node, robot, fault):
+    """Each untrusted input: HOLD with its code, and from the first ticks of the fault single points at
+    the last trusted position at the control rate (the arm stops executing the old chunk) for as long as
+    that position is no older than max_obs_age_s, never a point outside the limits; the node resumes
+    when the input is good again."""
+    code, settings_ = FAULTS[fault]
     robot.wait_state('RUNNING')
-    if fault == 'nan':
-        robot.positions[2] = float('nan')
-    elif fault == 'encoding':
-        robot.image_encoding = 'yuv422_weird'
-    else:
-        robot.joint_names = list(PANDA_JOINTS[:-1])
+    limits = JointLimits.from_urdf(panda_description().urdf_text(), PANDA_JOINTS)
+    began = time.monotonic()
     try:
+        for key, value in settings_.items():
+            setattr(robot, key, value)
         diag = robot.wait_state('HOLD', code, timeout=5)
-        assert diag['reason']
+        assert diag['reason'] and f'rejected {code}' in diag, diag
+        time.sleep(0.7)  # past max_obs_age_s (0.5 s) of the fault
+        sent = robot.trajectories_since(began)
+        first_hold = next(i for i, m in enumerate(sent) if len(m.points) == 1)
+        holds = [m for m in sent[first_hold:] if len(m.points) == 1]
+        assert len(holds) >= 3, f'{len(holds)} hold commands'
+        period = publish_period([stamp_to_seconds(m.header.stamp) for m in holds[:3]])
+        assert abs(period - 0.1) < 0.02, f'holding at {period:.3f} s per command'
+        assert all(len(m.points) == 1 for m in sent[first_hold:]), 'the old chunk ran on during the fault'
+        for msg in holds:
+            np.testing.assert_allclose(msg.points[0].positions, PANDA_HOME, atol=1e-9)
     finally:
-        robot.positions = np.array(PANDA_HOME, dtype=float)
-        robot.image_encoding = 'rgb8'
         robot.joint_names = list(PANDA_JOINTS)
+        robot.joint_positions_override = None
+        robot.image_encoding = 'rgb8'
+        robot.image_size = (48, 64)
     robot.wait_state('RUNNING', timeout=5)
+    for msg in robot.trajectories_since(began):
+        points = np.array([p.positions for p in msg.points])
+        assert np.all(points >= limits.lower) and np.all(points <= limits.upper), fault
     assert policy_node.alive(), policy_node.output
+
+
+def test_one_frame_stamped_in_the_future_does_not_disable_the_node(policy_node, robot):
+    """The frame is rejected, not stored (it would stay 'newest' for 1000 s); the next one, stamped
+    now, clears the fault."""
+    robot.wait_state('RUNNING')
+    robot.image_stamp_offset_s = 1000.0
+    wait_for(lambda: 'rejected FUTURE_STAMP' in robot.latest_diagnostics(), 5, 'the frame to be rejected')
+    diag = robot.wait_state('RUNNING', timeout=2)
+    assert 0 <= float(diag[f'obs_age_s {IMAGE_TOPIC}']) < 0.5, diag
 
 
 def test_slow_inference_keeps_rate_and_drops_late_actions(tiny_checkpoint, robot, policy_node):
     """Inference slower than the period: the timer keeps 10 Hz and the actions that came due while the
-    policy was thinking are dropped. With 7 actions per chunk and 0.15 s of inference, at most 4 points
-    of a chunk are still ahead when it arrives (6 would be sent if late actions were replayed)."""
+    policy was thinking are dropped. With 7 actions per chunk and 0.15 s of inference, the chunk of an
+    observation taken at a tick arrives two ticks later with at most 5 of its 7 actions still ahead (the
+    frames are taken just after the tick, so a row may fall due a few ms after the later tick); 7 would
+    be sent if late actions were replayed."""
     received: list[JointTrajectory] = []
     diagnostics: list[dict[str, str]] = []
     subs = [robot.node.create_subscription(JointTrajectory, '/slow/joint_trajectory', received.append, 50),
@@ -218,7 +269,7 @@ def test_slow_inference_keeps_rate_and_drops_late_actions(tiny_checkpoint, robot
         assert slow.alive(), slow.output
         mean_period = publish_period([stamp_to_seconds(m.header.stamp) for m in received[-25:]])
         assert abs(mean_period - 0.1) <= 0.002, f'mean period {mean_period:.4f} s'
-        assert max(len(m.points) for m in received) <= 4
+        assert max(len(m.points) for m in received) <= 5
         wait_for(lambda: diagnostics and int(diagnostics[-1]['dropped_actions']) > 0, 5, 'dropped actions')
         assert float(diagnostics[-1]['inference_latency_p50_ms']) >= 150
     finally:

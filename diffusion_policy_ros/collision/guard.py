@@ -211,7 +211,7 @@ class CollisionGuard:
         continued = self._continue_fallback(request.start, request.columns, request.names, self.clock())
         if continued is not None:
             with self._lock:
-                if self._sent_sequence > request.sequence:
+                if self._sent_sequence >= request.sequence:
                     self.counters.plans_superseded += 1
                     return None
                 self._sent_sequence = request.sequence
@@ -223,7 +223,7 @@ class CollisionGuard:
         stats = dataclasses.replace(request.stats, planning_time_s=plan.planning_time_s, goal_kind=plan.goal_kind)
         with self._lock:
             self.counters.planning_time_s.append(plan.planning_time_s)
-            if self._sent_sequence > request.sequence:
+            if self._sent_sequence >= request.sequence:
                 self.counters.plans_superseded += 1
                 return None
             if isinstance(plan, PlanningFailed):
@@ -247,6 +247,19 @@ class CollisionGuard:
                     f'{result.reason}; replaced by a fallback to the {plan.goal_kind.replace("_", " ")}', stats)
             self._sent_sequence = request.sequence
         return decision
+
+    def expire(self, request: PlanRequest) -> GuardDecision | None:
+        """The planning budget of `request` ran out before its plan was sent: hold now (the plan, if it
+        still comes, is dropped). None when a decision for it, or a newer one, was sent already."""
+        with self._lock:
+            if self._sent_sequence >= request.sequence:
+                return None
+            self._sent_sequence = request.sequence
+            self.counters.planning_failures += 1
+            self.counters.holds += 1
+        return GuardDecision('hold', self._hold(request.measured, request.names),
+                             f'{request.result.reason}; no fallback within the planning budget; holding',
+                             request.stats)
 
     def _sent(self, sequence: int, decision: GuardDecision) -> GuardDecision:
         with self._lock:

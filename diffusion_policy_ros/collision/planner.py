@@ -2,9 +2,9 @@
 
 OMPL's RRTConnect searches joint space; OMPL's PathSimplifier shortcuts the result; ruckig times
 each straight segment rest-to-rest, so the arm moves exactly along the validated straight segments
-(a spline through the vertices, e.g. TOPP-RA's, would cut corners that were never checked). Motions are validated by the
-same checker and the same `max_joint_step` subdivision as the guard's path check, in one C++ batch
-call per motion rather than one Python call per state.
+(a spline through the vertices, e.g. TOPP-RA's, would cut corners that were never checked). Motions are
+validated by the same swept check as the guard's chunks (`CollisionChecker.segment_valid`), in C++
+batch calls per motion rather than one Python call per state.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ompl import geometric as og
 from ompl import util as ou
 from ruckig import InputParameter, Result, Ruckig, Trajectory
 
-from .checker import DEFAULT_MAX_JOINT_STEP, CollisionChecker, PathResult, interpolate_path
+from .checker import DEFAULT_MAX_JOINT_STEP, CollisionChecker, PathResult
 from .robot_model import RobotModel
 
 GOAL_KINDS = ('policy_goal', 'last_safe_point')
@@ -115,7 +115,8 @@ class FallbackPlanner(GoalChoosingPlanner):
 
     `seed` makes plans reproducible (OMPL's random generator is process-wide: each plan reseeds it).
     Not thread-safe: one planner serves one caller (the guard plans from a single callback).
-    The budget bounds the search; shortcutting and timing add a few milliseconds on top.
+    The budget bounds the whole fallback: search, shortcutting, timing and the final check; a plan
+    that is not ready within it is a failure (the guard then holds).
     """
 
     def __init__(self, checker: CollisionChecker, limits: MotionLimits, time_budget_s: float = 0.1,
@@ -174,7 +175,7 @@ class FallbackPlanner(GoalChoosingPlanner):
             return Plan(start[None].copy(), self.control_period, time.perf_counter() - began, goal_kind,
                         vertices=start[None].copy())
         fine_step = self.max_joint_step * self.validation_step_fraction
-        if self.checker.all_valid(interpolate_path(start, goal[None], fine_step)[0][1:]):
+        if self.checker.segment_valid(start, goal, fine_step):
             vertices = np.vstack([start, goal])
         else:
             vertices = self._search(start, goal, active, began)
@@ -186,6 +187,9 @@ class FallbackPlanner(GoalChoosingPlanner):
         final = self.checker.check_path(start, points[1:], self.max_joint_step)
         if not final.valid:  # should not happen: samples lie on validated segments
             return failed(f'time-parameterised plan is not collision-free: {final.reason}')
+        if time.perf_counter() - began > self.time_budget_s:
+            # The budget bounds the whole fallback: a plan that comes late starts from a stale state.
+            return failed(f'the fallback took longer than its planning time budget of {self.time_budget_s:.3f} s')
         return Plan(points, self.control_period, time.perf_counter() - began, goal_kind, vertices=vertices)
 
     # --- internals --------------------------------------------------------------------------
@@ -213,11 +217,15 @@ class FallbackPlanner(GoalChoosingPlanner):
             return f'no collision-free path found within {self.time_budget_s:.3f} s (RRTConnect)'
         path = setup.getSolutionPath()
         simplifier = og.PathSimplifier(search.info)
-        # Shortcutting, not B-spline smoothing: few vertices keep the rest-to-rest timing short.
-        simplifier.reduceVertices(path, self.shortcut_steps)
-        simplifier.partialShortcutPath(path, self.shortcut_steps)
-        simplifier.reduceVertices(path, self.shortcut_steps)
-        simplifier.collapseCloseVertices(path)
+        # Shortcutting, not B-spline smoothing: few vertices keep the rest-to-rest timing short. Each
+        # pass runs only while half the budget is left (timing and the final check need the rest).
+        for simplify in (lambda: simplifier.reduceVertices(path, self.shortcut_steps),
+                         lambda: simplifier.partialShortcutPath(path, self.shortcut_steps),
+                         lambda: simplifier.reduceVertices(path, self.shortcut_steps),
+                         lambda: simplifier.collapseCloseVertices(path)):
+            if time.perf_counter() - began > 0.5 * self.time_budget_s:
+                break
+            simplify()
         vertices = np.array([search.full(s) for s in path.getStates()])
         setup.clear()
         vertices[0], vertices[-1] = start, goal
@@ -314,11 +322,10 @@ class _SearchSpace:
         self.setup = og.SimpleSetup(self.space)
         self.setup.setStateValidityChecker(lambda state: checker.is_valid(full(state)))
         self.info = self.setup.getSpaceInformation()
-        # Motions are validated twice as finely as the guard checks the final samples: both are
-        # discretisations of the same lines, and the finer one makes the coarser check (at other
-        # points along the lines) pass instead of finding a graze between the planner's states.
-        self.validator = _SegmentValidator(ob.SpaceInformation(self.space), lambda a, b: checker.all_valid(
-            interpolate_path(full(a), full(b)[None], step)[0][1:]))
+        # Motions are validated with a joint step half the guard's: both checks sample the same lines,
+        # and the finer one keeps the final check (at other points along them) from finding a graze.
+        self.validator = _SegmentValidator(ob.SpaceInformation(self.space),
+                                           lambda a, b: checker.segment_valid(full(a), full(b), step))
         self.info.setMotionValidator(self.validator)
         planner = og.RRTConnect(self.info)
         if rrt_range is not None:

@@ -79,16 +79,18 @@ class SceneObject:
         rotation = pin.Quaternion(qw, qx, qy, qz).toRotationMatrix()
         return pin.SE3(rotation, np.array([x, y, z]))
 
-    def to_coal(self, padding: float = 0.0) -> coal.CollisionGeometry:
-        """The coal shape grown on every side by its own padding, or else by `padding`.
+    def to_coal(self, padding: float = 0.0, extra: float = 0.0) -> coal.CollisionGeometry:
+        """The coal shape grown on every side by its own padding, or else by `padding`, plus `extra`.
 
         Growing a box's edges (instead of rounding its corners, the exact Minkowski sum) is slightly
-        conservative at the corners; a clearance of at least `padding` is still guaranteed.
+        conservative at the corners; a clearance of at least the padding is still guaranteed.
         """
-        if padding < 0 or not math.isfinite(padding):
-            raise ValueError(f'padding must be a finite non-negative distance, got {padding}')
+        for name, value in (('padding', padding), ('extra', extra)):
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f'{name} must be a finite non-negative distance, got {value}')
         if self.padding is not None:
             padding = self.padding
+        padding += extra
         if self.shape == 'box':
             return coal.Box(*(v + 2 * padding for v in self.size))
         if self.shape == 'sphere':

@@ -6,8 +6,11 @@ messages and publishes.
 """
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +18,8 @@ from diffusion_policy_ros.control.chunks import ChunkExecutor, ExecutorConfig
 from diffusion_policy_ros.control.health import HealthMonitor, HealthState, HoldCode, HoldReason
 from diffusion_policy_ros.control.inference_worker import InferenceWorker, PolicyFn
 from diffusion_policy_ros.control.limits import JointLimits, clamp_trajectory
-from diffusion_policy_ros.control.observation import ImageDecoder, ObservationHistory
+from diffusion_policy_ros.control.measurement import MeasurementRules, check_joint_state, check_stamp
+from diffusion_policy_ros.control.observation import JOINT_STATE_STREAM, ImageDecoder, ObservationHistory
 
 
 REPLAN_MODES = ('auto', 'chunk_end', 'every_tick')
@@ -27,6 +31,7 @@ class ControllerConfig:
     max_obs_age_s: float = 0.5
     history_capacity: int = 64  # messages kept per stream: > n_obs_steps * (stream rate / policy rate)
     log_throttle_s: float = 10.0
+    measurement: MeasurementRules = field(default_factory=MeasurementRules)  # which inputs are trusted
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     # When to ask for the next chunk. 'chunk_end': once the executed chunk has less left than the
     # expected inference latency plus one period, so each chunk runs its n_action_steps (Chi et al.'s
@@ -81,6 +86,10 @@ class PolicyController:
         self.clock = clock
         self.history = ObservationHistory(camera_keys, limits.names, cfg.history_capacity, stream_names,
                                           decode_image, camera_span_s)
+        # Inputs rejected on arrival, by stream (held until that stream's next good message), and how many.
+        self._faults: dict[str, HoldReason] = {}
+        self._faults_lock = threading.Lock()
+        self.rejected: Counter[HoldCode] = Counter()
         self.executor = ChunkExecutor(cfg.executor)
         self.health = HealthMonitor(cfg.max_obs_age_s, cfg.log_throttle_s)
         self._policy_fn = policy_fn
@@ -121,12 +130,50 @@ class PolicyController:
     def request_start(self) -> None:
         self.health.start()
 
+    # --- inputs (any thread) ---
+    def push_joint_state(self, stamp: float, names: Sequence[str], positions: Sequence[float],
+                         now: float) -> HoldReason | None:
+        """Store a joint state if it can be trusted (control.measurement's rules), else reject it with
+        its reason: it is not stored, and the node holds until a good one arrives."""
+        stream = self.history.stream_name(JOINT_STATE_STREAM)
+        checked = check_joint_state(names, positions, stamp, now, self.limits, stream, self.cfg.measurement)
+        if isinstance(checked, HoldReason):
+            return self._reject(stream, checked)
+        self.history.push_joint_state(stamp, *checked)
+        self._accept(stream)
+        return None
+
+    def push_frame(self, camera_key: str, stamp: float, frame: Any, now: float) -> HoldReason | None:
+        """Store a camera frame (an image, or a raw frame for the history's decoder) unless its stamp is
+        in the future; see `reject_frame` for frames the caller found malformed."""
+        stream = self.history.stream_name(camera_key)
+        fault = check_stamp(stamp, now, stream, self.cfg.measurement)
+        if fault is not None:
+            return self._reject(stream, fault)
+        self.history.push_image(camera_key, stamp, frame)
+        self._accept(stream)
+        return None
+
+    def reject_frame(self, camera_key: str, reason: HoldReason) -> HoldReason:
+        return self._reject(self.history.stream_name(camera_key), reason)
+
+    def _reject(self, stream: str, reason: HoldReason) -> HoldReason:
+        with self._faults_lock:
+            self._faults[stream] = reason
+            self.rejected[reason.code] += 1
+        return reason
+
+    def _accept(self, stream: str) -> None:
+        if stream in self._faults:
+            with self._faults_lock:
+                self._faults.pop(stream, None)
+
     # --- the timer ---
     def tick(self, now: float, input_faults: Sequence[HoldReason] = (), wake_worker: bool = True) -> TickResult:
         """Never blocks on inference: takes a finished chunk if there is one and wakes the worker.
 
-        `input_faults` are problems the caller found while converting messages (an image it could not
-        decode, a malformed JointState): they hold the arm like any other fault. With
+        Inputs rejected on arrival (`push_joint_state`, `push_frame`, `reject_frame`) and `input_faults`
+        (problems the caller found itself) hold the arm like any other fault. With
         `wake_worker=False` the caller wakes it (`request_chunk()`) when `result.wants_chunk`, e.g.
         after publishing this tick's points and pushing the frames the worker's window should see."""
         chunk = self.worker.take_chunk()
@@ -135,12 +182,15 @@ class PolicyController:
         wants_chunk = self._time_to_replan(now) and not (self.health.stopped or self.health.estopped)
         if wants_chunk and wake_worker:
             self.worker.notify()
-        measured = self.history.latest_joint_positions()
+        latest = self.history.latest_joint_state()
+        measured = latest if isinstance(latest, HoldReason) else latest[1]
         points = self.executor.plan(now)
         no_chunk = None if points is not None else HoldReason(
             HoldCode.NO_CHUNK, 'no executable action chunk (waiting for inference, or the last chunk '
             'is used up or too old)', 'chunk')
-        faults = [*input_faults, measured if isinstance(measured, HoldReason) else None,
+        with self._faults_lock:
+            rejected = list(self._faults.values())
+        faults = [*input_faults, *rejected, measured if isinstance(measured, HoldReason) else None,
                   self.worker.bad_frame, self.worker.last_error, no_chunk]
         verdict = self.health.update(now, self.history.latest_stamps(), faults)
         if verdict.running:
@@ -151,8 +201,15 @@ class PolicyController:
         else:
             # The old plan no longer starts where the arm is; resume from fresh chunks only.
             self.executor.reset()
-            points = None if isinstance(measured, HoldReason) else measured[None].copy()
+            points = self._hold_point(now, latest)
         return TickResult(verdict.state, verdict.reason, points, verdict.log_message, wants_chunk)
+
+    def _hold_point(self, now: float, latest: tuple[float, np.ndarray] | HoldReason) -> np.ndarray | None:
+        """HOLD's single point: the last trusted measurement, clamped into the position limits, or None
+        when there is none no older than max_obs_age_s (then nothing safe can be commanded)."""
+        if isinstance(latest, HoldReason) or now - latest[0] > self.cfg.max_obs_age_s:
+            return None
+        return np.clip(latest[1], self.limits.lower, self.limits.upper)[None]
 
     def request_chunk(self) -> None:
         """Wake the worker to build the newest window and infer (never blocks)."""
@@ -194,4 +251,7 @@ class PolicyController:
             values[f'obs_age_s {stream}'] = 'never' if stamp is None else f'{now - stamp:.3f}'
         for code, seconds in self.health.hold_seconds.items():
             values[f'hold_s {code.name}'] = f'{seconds:.1f}'
+        with self._faults_lock:
+            for code, count in self.rejected.items():
+                values[f'rejected {code.name}'] = str(count)
         return values

@@ -107,9 +107,11 @@ def clamp_trajectory(points: np.ndarray, measured: np.ndarray, dt: float,
                      limits: JointLimits) -> np.ndarray:
     """Clamp points (K, J), `dt` seconds apart, to position and velocity limits.
 
-    Sequential from the measured position: point 0 is at most `max_velocity * dt` from `measured`, each
-    later point at most that far from the clamped point before it. If the arm is measured outside its
-    position limits, points move back towards them at the velocity limit rather than jumping.
+    Sequential from the measured position clamped into the position limits: point 0 is at most
+    `max_velocity * dt` from there, each later point at most that far from the point before it, and
+    every point lies within the position limits (targets are clamped into them, and each step from a
+    point inside towards a target inside stays inside). The nodes only trust a measurement within a
+    small tolerance of the limits (control.measurement), so the start moves by at most that tolerance.
     Hand-written: a K x J loop (K <= horizon) is all there is; no library does it in one call.
     """
     points = np.asarray(points, dtype=np.float64)
@@ -130,7 +132,7 @@ def clamp_trajectory(points: np.ndarray, measured: np.ndarray, dt: float,
     max_step = limits.max_velocity * dt
     targets = np.clip(points, limits.lower, limits.upper)
     out = np.empty_like(targets)
-    previous = measured
+    previous = np.clip(measured, limits.lower, limits.upper)
     for k in range(targets.shape[0]):
         previous = previous + np.clip(targets[k] - previous, -max_step, max_step)
         out[k] = previous

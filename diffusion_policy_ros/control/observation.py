@@ -199,12 +199,18 @@ class ObservationHistory:
 
     def latest_joint_positions(self) -> np.ndarray | HoldReason:
         """Measured positions in the model's joint order: what HOLD publishes and the clamp starts from."""
+        entry = self.latest_joint_state()
+        return entry if isinstance(entry, HoldReason) else entry[1]
+
+    def latest_joint_state(self) -> tuple[float, np.ndarray] | HoldReason:
+        """(stamp, positions in the model's joint order) of the newest joint state."""
         entry = self._joints.latest()
         if entry is None:
             return HoldReason(HoldCode.NO_OBSERVATION,
                               f'no message received yet on {self.stream_name(JOINT_STATE_STREAM)}',
                               self.stream_name(JOINT_STATE_STREAM))
-        return self._model_order(entry[0], entry[1])
+        positions = self._model_order(entry[0], entry[1])
+        return positions if isinstance(positions, HoldReason) else (entry[0], positions)
 
     def _model_order(self, stamp: float, sample: JointStateSample) -> np.ndarray | HoldReason:
         index = self._index_cache.get(sample.names)

@@ -125,16 +125,21 @@ def to_rgb8(image: np.ndarray, encoding: str, *, value_range: tuple[float, float
 
     bgr is swapped, alpha dropped, mono repeated to 3 channels. 16-bit and float images are
     scaled linearly from ``value_range`` to 0..255 (default: the full uint16 range, and 0..1
-    for float), clipping outside it; NaN becomes 0.
+    for float), clipping outside it. A float image with NaN or infinite pixels is refused: what such
+    a pixel should look like to the policy is not known, so the frame cannot be trusted.
     """
     if encoding not in ENCODINGS:
         raise ImageDecodeError(f'to_rgb8: unknown encoding {encoding!r}')
     if image.ndim == 2:
         image = image[:, :, None]
     if image.dtype != np.uint8:
+        if image.dtype.kind == 'f':
+            bad = int(np.count_nonzero(~np.isfinite(image)))
+            if bad:
+                raise ImageDecodeError(f'{bad} non-finite pixel(s) in a {encoding} image')
         low, high = value_range if value_range is not None else (
             (0.0, 65535.0) if image.dtype == np.uint16 else (0.0, 1.0))
-        scaled = (np.nan_to_num(image.astype(np.float32), nan=low) - low) * (255.0 / (high - low))
+        scaled = (image.astype(np.float32) - low) * (255.0 / (high - low))
         image = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
@@ -250,7 +255,11 @@ def image_from_cdr(raw: bytes, *, topic: str = '?') -> CdrImage:
 def message_to_rgb8(msg: Any, *, topic: str = '?') -> np.ndarray:
     """Image or CompressedImage message -> (H, W, 3) uint8 RGB (dispatch on the fields present)."""
     if hasattr(msg, 'encoding'):
-        return to_rgb8(decode_image(msg, topic=topic), str(msg.encoding))
+        image = decode_image(msg, topic=topic)
+        try:
+            return to_rgb8(image, str(msg.encoding))
+        except ImageDecodeError as err:
+            raise _error(msg, topic, str(msg.encoding), str(err)) from None
     return decode_compressed(msg, topic=topic)
 
 

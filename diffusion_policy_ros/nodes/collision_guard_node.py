@@ -42,18 +42,26 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import MarkerArray
 
 from diffusion_policy_ros.collision.config import NODE_NAME, CollisionGuardConfig
-from diffusion_policy_ros.collision.guard import CollisionGuard, GuardCounters, GuardDecision, TrajectoryChunk
+from diffusion_policy_ros.collision.guard import (CollisionGuard, GuardCounters, GuardDecision, PlanRequest,
+                                                  TrajectoryChunk)
 from diffusion_policy_ros.collision.moveit_backend import CollisionBackend, select_backend
 from diffusion_policy_ros.collision.robot_model import RobotModel
 from diffusion_policy_ros.collision.scene import Scene
 from diffusion_policy_ros.collision.scene_overlay import MarkerScene
+from diffusion_policy_ros.control.health import HoldReason
+from diffusion_policy_ros.control.limits import JointLimits
+from diffusion_policy_ros.control.measurement import MeasurementRules, check_joint_state
 from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
-from diffusion_policy_ros.nodes.messages import (MessageError, joint_state_to_sample, seconds_to_duration,
+from diffusion_policy_ros.nodes.messages import (MessageError, seconds_to_duration,
                                                  stamp_to_seconds, trajectory_to_sample)
 from diffusion_policy_ros.nodes.polled import JOINT_STATE_QOS, PolledSubscription
 from diffusion_policy_ros.robot_description import panda_description
 from diffusion_policy_ros.worker_thread import LatestJobThread
+
+
+# How long after its planning budget a plan request is given before the guard holds instead.
+PLAN_DEADLINE_SLACK_S = 0.02
 
 
 @dataclass
@@ -76,6 +84,10 @@ class GuardNodeParams:
         'help': "frame of the scene markers; empty = the URDF's root link (markers in other frames are ignored)"})
     max_joint_state_age_s: float = field(default=0.5, metadata={
         'help': 'chunks are rejected (the arm holds) when a joint state is older than this; 0 = no limit'})
+    joint_limit_tolerance: float = field(default=MeasurementRules.limit_tolerance, metadata={
+        'help': 'rad a measured joint may lie outside its URDF limits; a joint state further out is rejected'})
+    future_stamp_tolerance_s: float = field(default=MeasurementRules.future_tolerance_s, metadata={
+        'help': 's a joint state stamp may lie ahead of the node clock; one further ahead is rejected'})
     diagnostics_rate_hz: float = 1.0
     autostart: bool = field(default=True, metadata={'help': 'configure and activate on start-up'})
 
@@ -94,6 +106,12 @@ class GuardNodeParams:
             raise ValueError(f'parameter diagnostics_rate_hz must be > 0, got {self.diagnostics_rate_hz}')
         if not self.max_joint_state_age_s >= 0:
             raise ValueError(f'parameter max_joint_state_age_s must be >= 0, got {self.max_joint_state_age_s}')
+        self.rules  # noqa: B018 - validates the tolerances
+
+    @property
+    def rules(self) -> MeasurementRules:
+        """Which joint states the guard trusts (control.measurement)."""
+        return MeasurementRules(self.joint_limit_tolerance, self.future_stamp_tolerance_s)
 
 
 def _all_parameter_names() -> type:
@@ -174,6 +192,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self.scene: MarkerScene | None = None
         self.model: RobotModel | None = None
         self.planning: LatestJobThread | None = None
+        self._latest_plan = 0  # sequence of the newest plan request
         self._active = False
         self._lock = threading.Lock()  # measured state, scene bookkeeping and diagnostics fields
         # joint -> (position, arrival in ns since the epoch, header stamp in node-clock seconds or 0)
@@ -223,6 +242,8 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             srdf = p.robot_description_semantic or description.srdf_text()
             source = f'the bundled Panda ({description.urdf_path})'
         self.model = RobotModel.from_urdf(urdf, srdf)
+        self._limits = JointLimits(self.model.joint_names, self.model.limits.lower, self.model.limits.upper,
+                                   self.model.limits.velocity)
         root = _root_link(self.model)
         scene = Scene()
         self.scene = MarkerScene(scene, config.scene_objects, [p.scene_frame or root])
@@ -300,18 +321,20 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         sub = self._joint_sub
         if sub is None:
             return
+        now = self._now()
         for msg, info in sub.take():
             arrived_ns = info.get('received_timestamp') or time.time_ns()
-            try:
-                sample = joint_state_to_sample(msg)
-            except MessageError as err:
+            stamp = stamp_to_seconds(msg.header.stamp)
+            checked = check_joint_state(msg.name, msg.position, stamp or now, now, self._limits, sub.topic,
+                                        self.node_params.rules, require_all=False)
+            if isinstance(checked, HoldReason):
                 with self._lock:
                     self._joint_states_rejected += 1
-                self.get_logger().warning(f'{sub.topic}: {err}; message ignored', throttle_duration_sec=2.0)
+                    self._last_joint_state_problem = str(checked)
+                self.get_logger().warning(f'{checked}; message ignored', throttle_duration_sec=2.0)
                 continue
-            stamp = stamp_to_seconds(msg.header.stamp)
             with self._lock:
-                for name, position in zip(sample.names, sample.positions):
+                for name, position in zip(*checked):
                     self._joints[name] = (float(position), arrived_ns, stamp)
 
     def _on_markers(self, msg: MarkerArray) -> None:
@@ -395,8 +418,27 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             request = decision.plan_request
             self.planning.submit(lambda: self._review_job(lambda: guard.plan(request), measured, names, msg,
                                                           arrived_ns))
+            self._hold_if_late(request, msg, arrived_ns)
             return
         self._act(decision, msg, arrived_ns)
+
+    def _hold_if_late(self, request: PlanRequest, proposed: JointTrajectory, arrived_ns: int) -> None:
+        """The planning budget bounds the fallback even when the planning thread is starved or stuck:
+        if no decision for `request` (or a newer chunk) was sent by then, the arm holds."""
+        self._latest_plan = request.sequence
+        budget = self.config.planning_time_budget_s
+
+        def expire() -> None:
+            guard = self.guard
+            if guard is None or not self._active or self._latest_plan != request.sequence:
+                return  # gone, or a newer plan request has its own deadline
+            decision = guard.expire(request)
+            if decision is not None:
+                self._act(decision, proposed, arrived_ns)
+
+        timer = threading.Timer(budget + PLAN_DEADLINE_SLACK_S, expire)
+        timer.daemon = True
+        timer.start()
 
     def _review_job(self, review: Callable[[], GuardDecision | None], measured: dict[str, float],
                     names: list[str], proposed: JointTrajectory, arrived_ns: int) -> None:
@@ -451,6 +493,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
     def _reset_stats(self) -> None:
         self._rejected_messages = 0
         self._joint_states_rejected = 0
+        self._last_joint_state_problem = ''
         self._markers_ignored = 0
         self._scene_updates = 0
         self._last_marker_problem = ''
@@ -473,6 +516,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             values = {
                 'rejected_messages': self._rejected_messages,
                 'joint_states_rejected': self._joint_states_rejected,
+                'last_joint_state_problem': self._last_joint_state_problem,
                 'markers_ignored': self._markers_ignored,
                 'last_marker_problem': self._last_marker_problem,
                 'scene_updates': self._scene_updates,

@@ -32,8 +32,9 @@ from diffusion_policy_ros.control.chunks import BLENDING_MODES, DEFAULT_BLENDING
 from diffusion_policy_ros.control.controller import ControllerConfig, PolicyController
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
-from diffusion_policy_ros.data.image_codec import (ImageDecodeError, cdr_header_stamp, image_from_cdr,
-                                                   message_to_rgb8, prepare_model_image)
+from diffusion_policy_ros.control.measurement import MeasurementRules
+from diffusion_policy_ros.data.image_codec import (CdrImage, ImageDecodeError, cdr_header_stamp, check_image_fields,
+                                                   image_from_cdr, message_to_rgb8, prepare_model_image)
 from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
@@ -59,7 +60,12 @@ class PolicyNodeParams:
     control_rate_hz: float = 10.0
     num_inference_steps: int = field(default=10, metadata={'help': 'DDIM steps per chunk'})
     n_action_steps: int = field(default=0, metadata={'help': "actions executed per chunk; 0 = the checkpoint's"})
-    max_obs_age_s: float = 0.5
+    max_obs_age_s: float = field(default=0.5, metadata={
+        'help': 'older observations put the node in HOLD; a HOLD publishes no older measurement than this'})
+    joint_limit_tolerance: float = field(default=MeasurementRules.limit_tolerance, metadata={
+        'help': 'rad a measured joint may lie outside its limits; a joint state further out is rejected (HOLD)'})
+    future_stamp_tolerance_s: float = field(default=MeasurementRules.future_tolerance_s, metadata={
+        'help': 's a message stamp may lie ahead of the node clock; one further ahead is rejected (HOLD)'})
     blending: str = field(default=DEFAULT_BLENDING, metadata={'help': 'none | temporal_ensemble | crossfade'})
     replan: str = field(default='auto', metadata={
         'help': 'auto | chunk_end | every_tick: when to ask for the next chunk (see ControllerConfig.replan)'})
@@ -136,9 +142,6 @@ class PolicyNode(ReleasingLifecycleNode):
         self._policy = None
         self._stream = None  # a CUDA stream for inference when on the GPU
         self.device = 'cpu'
-        # Faults found while converting messages, by topic; cleared by the next good message there.
-        self._input_faults: dict[str, HoldReason] = {}
-        self._faults_lock = threading.Lock()
         self._published = 0
         self._publish_times: list[float] = []
         self.create_service(SetBool, '~/estop', self._on_estop)
@@ -188,13 +191,12 @@ class PolicyNode(ReleasingLifecycleNode):
         self.controller = PolicyController(
             self._infer, list(obs_spec.camera_keys), limits,
             ControllerConfig(n_obs_steps=cfg.n_obs_steps, max_obs_age_s=p.max_obs_age_s, executor=executor_cfg,
-                             replan=p.replan),
+                             replan=p.replan, measurement=MeasurementRules(p.joint_limit_tolerance,
+                                                                           p.future_stamp_tolerance_s)),
             clock=self._now, stream_names={**topic_of, 'joint_states': p.joint_states_topic},
             decode_image=self._decode_image,
             # the window reaches (n_obs_steps - 1) periods back; two more cover a late tick
             camera_span_s=(cfg.n_obs_steps + 1) * self.period)
-        with self._faults_lock:
-            self._input_faults = {}
         self._camera_subs = {key: PolledSubscription(self, Image, topic, CAMERA_QOS, raw=True)
                              for key, topic in topic_of.items()}
         self._joint_sub = PolledSubscription(self, JointState, p.joint_states_topic, JOINT_STATE_QOS)
@@ -279,43 +281,32 @@ class PolicyNode(ReleasingLifecycleNode):
         stamp = stamp_to_seconds(msg.header.stamp)
         return stamp if stamp > 0 else self._now()  # an unstamped message counts as received now
 
-    def _set_fault(self, topic: str, fault: HoldReason | None) -> None:
-        with self._faults_lock:
-            if fault is None:
-                self._input_faults.pop(topic, None)
-            else:
-                self._input_faults[topic] = fault
-
     def _take_joint_states(self) -> None:
-        topic = self._joint_sub.topic
         for msg, _ in self._joint_sub.take():
-            try:
-                self.controller.history.push_joint_state(self._stamp_of(msg), list(msg.name), list(msg.position))
-            except ValueError as err:  # names and positions of different lengths
-                self._set_fault(topic, HoldReason(HoldCode.MISSING_JOINT, f'malformed JointState: {err}', topic))
-                continue
-            self._set_fault(topic, None)
+            self.controller.push_joint_state(self._stamp_of(msg), msg.name, msg.position, self._now())
 
     def _take_camera_frames(self) -> None:
-        """On the camera thread: frames are taken serialized and stored as they are with their stamp (the
-        worker deserializes and decodes the ones its window uses, `_decode_image`); then the worker is
-        woken if the tick asked for a chunk, so its window sees these frames."""
+        """On the camera thread: frames are taken serialized, their fields checked in place (constant time)
+        and stored as a view with their stamp; the worker decodes the ones its window uses
+        (`_decode_image`). Then the worker is woken if the tick asked for a chunk, so its window sees
+        these frames."""
         for key, sub in self._camera_subs.items():
             for raw, _ in sub.take():
                 try:
                     stamp = cdr_header_stamp(raw, topic=sub.topic)
+                    frame = image_from_cdr(raw, topic=sub.topic)
+                    check_image_fields(frame, topic=sub.topic)
                 except ImageDecodeError as err:
-                    self._set_fault(sub.topic, HoldReason(HoldCode.BAD_IMAGE, str(err), sub.topic))
+                    self.controller.reject_frame(key, HoldReason(HoldCode.BAD_IMAGE, str(err), sub.topic))
                     continue
-                self._set_fault(sub.topic, None)
-                self.controller.history.push_image(key, stamp if stamp > 0 else self._now(), raw)
+                self.controller.push_frame(key, stamp if stamp > 0 else self._now(), frame, self._now())
         if self._chunk_wanted.is_set():
             self._chunk_wanted.clear()
             self.controller.request_chunk()
 
-    def _decode_image(self, raw: bytes, topic: str) -> np.ndarray:
-        """On the inference worker: a serialized frame as the model sees it (the dataset's own functions)."""
-        return prepare_model_image(message_to_rgb8(image_from_cdr(raw, topic=topic), topic=topic), self.image_shape)
+    def _decode_image(self, frame: CdrImage, topic: str) -> np.ndarray:
+        """On the inference worker: a frame as the model sees it (the dataset's own functions)."""
+        return prepare_model_image(message_to_rgb8(frame, topic=topic), self.image_shape)
 
     # ------------------------------------------------------------------ inference (worker thread)
     def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -342,9 +333,7 @@ class PolicyNode(ReleasingLifecycleNode):
         time (frame copies, decoding, inference) happens off this thread, after the command is out."""
         try:
             self._take_joint_states()
-            with self._faults_lock:
-                faults = list(self._input_faults.values())
-            result = self.controller.tick(self._now(), faults, wake_worker=False)
+            result = self.controller.tick(self._now(), wake_worker=False)
         except Exception as err:  # noqa: BLE001 - a bug in one tick must not take the node down
             self.get_logger().error(f'control tick failed, publishing nothing this tick: {err!r}',
                                     throttle_duration_sec=5.0)
