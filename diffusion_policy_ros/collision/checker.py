@@ -116,7 +116,7 @@ def _coarse_to_fine(n: int) -> np.ndarray:
 
 
 # How much the scene is grown for the coarse pass of a path check (see CollisionChecker.check_path).
-SWEEP_MARGIN = 0.01
+SWEEP_MARGIN = 0.02
 
 
 class CollisionChecker:
@@ -192,6 +192,18 @@ class CollisionChecker:
                                               self._grown_pool if grown else self._pool)
             return collision if collision is not None else limit
 
+    def _invalid_mask(self, states: np.ndarray, grown: bool = False) -> np.ndarray:
+        """Which rows of `states` are invalid (joint limits or collision), all of them checked."""
+        states = np.ascontiguousarray(states, dtype=float)
+        with self._lock:
+            self._rebuild_if_scene_changed()
+            outside = ((states < self.lower - self.limit_tolerance)
+                       | (states > self.upper + self.limit_tolerance)).any(axis=1)
+            colliding = pin.computeCollisionsInParallel(  # each state stops at its first contact
+                self.num_threads, self._grown_pool if grown else self._pool, np.asfortranarray(states.T), True,
+                False)
+            return outside | np.asarray(colliding, dtype=bool)
+
     def all_valid(self, states: np.ndarray) -> bool:
         """Whether every row of `states` is valid, checked coarse-to-fine (midpoints first).
 
@@ -223,39 +235,41 @@ class CollisionChecker:
         if not np.isfinite(waypoints).all():
             raise ValueError('waypoints contain NaN or infinite positions')
         coarse, coarse_of = interpolate_path(start, waypoints, max_joint_step, self.reach, 2 * SWEEP_MARGIN)
-        near = self.first_invalid(coarse, grown=True)
-        if near is None:
-            return PathResult(True, None, None, waypoints[-1].copy(), len(waypoints) - 1, len(coarse),
-                              states=coarse)
-        # Fine from the last coarse state clear of the grown scene, along the same segments.
-        resume = max(near - 1, 0)
-        first_segment = max(int(coarse_of[resume]), 0) if resume > 0 else 0
-        if resume > 0 and np.array_equal(coarse[resume], waypoints[first_segment]):
-            first_segment += 1  # the resume state is a waypoint: the fine pass starts on the next segment
-        if first_segment >= len(waypoints):
-            return PathResult(True, None, None, waypoints[-1].copy(), len(waypoints) - 1, len(coarse),
-                              states=coarse)
-        fine, fine_of = interpolate_path(coarse[resume], waypoints[first_segment:], max_joint_step, self.reach,
-                                         2 * self.max_penetration)
-        states = np.vstack([coarse[:resume], fine])
-        waypoint_of = np.concatenate([coarse_of[:resume], np.where(fine_of < 0, coarse_of[resume],
-                                                                   fine_of + first_segment)])
-        bad = self.first_invalid(states[resume:])
-        if bad is None:
-            return PathResult(True, None, None, waypoints[-1].copy(), len(waypoints) - 1, len(states),
-                              states=states)
-        bad += resume
+        near = self._invalid_mask(coarse, grown=True)
+        checked = len(coarse)
+        index = 0
+        while index < len(coarse):
+            if not near[index]:
+                index += 1
+                continue
+            # A run of coarse states near an obstacle: fine between its clear neighbours, along the path.
+            end = index
+            while end + 1 < len(coarse) and near[end + 1]:
+                end += 1
+            first = max(index - 1, 0)
+            last = min(end + 1, len(coarse) - 1)
+            fine, fine_of = interpolate_path(coarse[first], coarse[first + 1:last + 1], max_joint_step,
+                                             self.reach, 2 * self.max_penetration)
+            bad = self.first_invalid(fine)
+            checked += len(fine)
+            if bad is not None:
+                return self._blocked(start, fine, bad, int(coarse_of[first + 1 + fine_of[bad]]) if bad else
+                                     int(coarse_of[first]), bad == 0 and first == 0, checked)
+            index = end + 1
+        return PathResult(True, None, None, waypoints[-1].copy(), len(waypoints) - 1, checked, states=coarse)
+
+    def _blocked(self, start: np.ndarray, states: np.ndarray, bad: int, waypoint: int, at_start: bool,
+                 checked: int) -> PathResult:
+        """The PathResult of a path whose first invalid state is `states[bad]`, on the segment into `waypoint`."""
         state = self.check_state(states[bad])
         if state.valid:  # broad phase and narrow phase disagree: stay on the safe side
             state = StateResult(False, None, 'collision (pair not identified)', 'scene_collision')
-        index = int(waypoint_of[bad])
-        where = 'the start state' if bad == 0 else f'the segment to waypoint {index}'
-        return PathResult(
-            valid=False, first_colliding_index=index, colliding_pair=state.pair,
-            last_safe_point=None if bad == 0 else states[bad - 1].copy(),
-            last_safe_index=None if bad == 0 else index - 1,
-            checked_states=len(coarse[:near + 1]) + bad + 1 - resume, reason=f'{state.reason} at {where}',
-            kind=state.kind, states=states)
+        if at_start:
+            return PathResult(False, -1, state.pair, None, None, checked, f'{state.reason} at the start state',
+                              state.kind, states=states)
+        safe = states[bad - 1] if bad > 0 else start
+        return PathResult(False, waypoint, state.pair, safe.copy(), waypoint - 1, checked,
+                          f'{state.reason} at the segment to waypoint {waypoint}', state.kind, states=states)
 
     def segment_valid(self, a: np.ndarray, b: np.ndarray, max_joint_step: float = DEFAULT_MAX_JOINT_STEP) -> bool:
         """Whether the straight motion a -> b passes `check_path` (yes/no for planners)."""
