@@ -326,3 +326,26 @@ def test_any_chunk_and_measurement_get_a_decision_never_an_exception(panda, name
         lower = panda.limits.lower[[PANDA_JOINTS.index(n) for n in names]]
         upper = panda.limits.upper[[PANDA_JOINTS.index(n) for n in names]]
         assert np.isfinite(q).all() and (q >= lower - 1e-3).all() and (q <= upper + 1e-3).all()
+
+
+def test_a_plan_is_rechecked_against_the_arm_and_the_scene_of_the_moment_it_is_sent(panda):
+    """The scene changes while the plan is computed: confirm() turns the now blocked plan into a hold at
+    the measured position; a plan still free is sent as it is."""
+    guard = make_guard(panda)
+    asked = guard.check(MEASURED, chunk_towards(QUARTER_TURN), now_s=0.0)
+    planned = guard.plan(asked.plan_request)
+    assert planned.action == 'replace'
+    assert guard.confirm(MEASURED, planned) is planned
+    middle = planned.trajectory.positions[len(planned.trajectory.positions) // 2]
+    hand = hand_position(panda, middle)
+    guard.checker.scene.set_objects([BOX, SceneObject('arrived', 'sphere', (0.05,), tuple(hand))])
+    held = guard.confirm(MEASURED, planned)
+    assert held.action == 'hold' and 'moved while planning' in held.reason
+    np.testing.assert_array_equal(held.trajectory.positions, HOME[None])
+
+
+def hand_position(model, q):
+    import pinocchio as pin
+    data = model.model.createData()
+    pin.framesForwardKinematics(model.model, data, np.asarray(q, dtype=float))
+    return data.oMf[model.model.getFrameId('panda_hand')].translation.copy()

@@ -248,6 +248,27 @@ class CollisionGuard:
             self._sent_sequence = request.sequence
         return decision
 
+    def confirm(self, measured: Mapping[str, float], decision: GuardDecision) -> GuardDecision:
+        """A decision made on the planning thread, re-checked just before it is sent: from the arm's
+        state now and against the scene now (either may have changed while it planned). A trajectory
+        that is no longer free becomes a hold."""
+        if decision.action not in ('pass', 'replace') or decision.trajectory is None:
+            return decision
+        chunk = decision.trajectory
+        start, problem = self._measured_configuration(measured)
+        if problem is not None:
+            return self.reject(measured, chunk.joint_names, problem)
+        columns = _joint_columns(self.checker.joint_names, chunk.joint_names)
+        waypoints = np.repeat(start[None], len(chunk.positions), axis=0)
+        waypoints[:, columns] = chunk.positions
+        result = self.checker.check_path(start, waypoints, self.max_joint_step)
+        if result.valid:
+            return decision
+        with self._lock:
+            self.counters.holds += 1
+        return GuardDecision('hold', self._hold(measured, chunk.joint_names),
+                             f'{result.reason}: the arm or the scene moved while planning; holding', decision.stats)
+
     def expire(self, request: PlanRequest) -> GuardDecision | None:
         """The planning budget of `request` ran out before its plan was sent: hold now (the plan, if it
         still comes, is dropped). None when a decision for it, or a newer one, was sent already."""

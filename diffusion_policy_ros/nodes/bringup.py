@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import rclpy
 from lifecycle_msgs.msg import Transition
@@ -83,9 +84,12 @@ def plan_bringup(config: Path, overrides: list[str] | None = None) -> list[NodeL
 class BringUp:
     """Runs node processes, drives lifecycle nodes to active, and stops everything on request."""
 
-    def __init__(self, launches: list[NodeLaunch], transition_timeout_s: float = 60.0):
+    def __init__(self, launches: list[NodeLaunch], transition_timeout_s: float = 60.0,
+                 log: TextIO | None = None):
+        """`log`: where the nodes' output goes, each line prefixed with the node's name (default stdout)."""
         self.launches = launches
         self.timeout = transition_timeout_s
+        self.log = log
         self.processes: dict[str, subprocess.Popen] = {}
         self._node = None
 
@@ -95,7 +99,8 @@ class BringUp:
             proc = subprocess.Popen(launch.command(), env=os.environ.copy(), stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
             self.processes[launch.executable] = proc
-            threading.Thread(target=self._relay, args=(launch.executable, proc), daemon=True).start()
+            threading.Thread(target=self._relay, args=(launch.executable, proc, self.log or sys.stdout),
+                             daemon=True).start()
         if not rclpy.ok():
             rclpy.init()
         self._node = rclpy.create_node('bringup')
@@ -104,10 +109,10 @@ class BringUp:
                 self._activate(launch.executable)
 
     @staticmethod
-    def _relay(name: str, proc: subprocess.Popen) -> None:
+    def _relay(name: str, proc: subprocess.Popen, out: TextIO) -> None:
         for line in proc.stdout:
-            sys.stdout.write(f'[{name}] {line}')
-            sys.stdout.flush()
+            out.write(f'[{name}] {line}')
+            out.flush()
 
     def _call(self, client, request):
         if not client.wait_for_service(timeout_sec=self.timeout):

@@ -448,6 +448,8 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             return
         try:
             decision = review()
+            if decision is not None:
+                decision = guard.confirm(self._measured()[0], decision)
         except Exception as err:  # noqa: BLE001 - a failing plan holds the arm
             decision = guard.reject(measured, names, f'internal error while planning: {err!r}')
         if decision is not None and self._active:
