@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'demos': ('diffusion_policy_ros.sim.record_demos', 'record scripted expert demonstrations as rosbag2'),
     'dataset': ('diffusion_policy_ros.data.convert', 'convert rosbag2 demonstrations to a zarr dataset'),
     'train': ('diffusion_policy_ros.training.train', 'train a policy on a zarr dataset'),
+    'distill': ('diffusion_policy_ros.training.distill', 'distil a trained policy into a 1- or 2-step student'),
     'export': ('diffusion_policy_ros.training.export', 'write a checkpoint with half-precision weights for release'),
     'eval': ('diffusion_policy_ros.sim.evaluate', 'closed-loop success rate of a checkpoint in sim'),
     'sweep': ('diffusion_policy_ros.sim.sweeps', 'DDIM-steps / action-horizon sweeps in sim'),

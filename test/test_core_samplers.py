@@ -167,3 +167,27 @@ def test_bad_settings_are_named():
         build_sampler('ddim', not_a_setting=1)
     with pytest.raises(ValueError, match='steps_offset 1 puts the 100-step chain 100..1 outside'):
         DDIMSampler(DDIMSamplerConfig(steps_offset=1)).timesteps(100)
+
+
+@pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
+@pytest.mark.parametrize('num_inference_steps', [1, 2, 3, 10])
+def test_trailing_ddim_matches_diffusers_and_starts_at_the_noisiest_step(prediction_type, num_inference_steps):
+    """The few-step students' chain: a 1-step chain is t = 99, not the leading spacing's t = 0."""
+    settings = dict(num_train_timesteps=100, beta_schedule='squaredcos_cap_v2', prediction_type=prediction_type,
+                    timestep_spacing='trailing')
+    ref = DDIMScheduler(set_alpha_to_one=True, **settings)
+    ours = DDIMSampler(DDIMSamplerConfig(**settings))
+    ref.set_timesteps(num_inference_steps)
+    timesteps = ours.timesteps(num_inference_steps)
+    assert timesteps.tolist() == ref.timesteps.tolist() and timesteps[0] == 99
+    model = fake_model(prediction_type, ours.alphas_cumprod)
+    x_ref = x_ours = _noise(0)
+    for t in timesteps.tolist():
+        x_ref = ref.step(model(x_ref, t), t, x_ref).prev_sample
+        x_ours = ours.step(model(x_ours, t), t, x_ours)
+    assert (x_ref - x_ours).abs().max().item() <= TOL
+
+
+def test_trailing_spacing_is_ddim_only():
+    with pytest.raises(ValueError, match='timestep_spacing'):
+        DDPMSampler(DDPMSamplerConfig(timestep_spacing='trailing'))

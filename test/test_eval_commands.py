@@ -143,3 +143,14 @@ def test_sweep_plot_accepts_all_and_none_successes(tmp_path):
     plot_sweep(SweepResult(what='ddim_steps', task='reach_around', policy='test', seeds=list(range(10)),
                            rows=rows), path)
     assert path.stat().st_size > 1000
+
+
+def test_eval_runs_an_exported_checkpoint_with_its_own_execution_settings(checkpoints, tmp_path, capsys):
+    """`dp-ros export --num-inference-steps 3 --n-action-steps 4` is how eval runs it, with no flag."""
+    assert main(['export', str(checkpoints['dp_state']), str(tmp_path / 'released'), '--num-inference-steps', '3',
+                 '--n-action-steps', '4']) == 0
+    capsys.readouterr()
+    assert main(['eval', '--checkpoint', str(tmp_path / 'released'), '--task', 'reach_around', '--episodes', '1',
+                 '--episode-seconds', '0.4', '--latency-s', '0.1', '--out', str(tmp_path / 'eval')]) == 0
+    report = json.loads((tmp_path / 'eval' / 'eval.json').read_text())  # one policy: its report
+    assert (report['num_inference_steps'], report['n_action_steps'], report['blending']) == (3, 4, 'crossfade')

@@ -131,6 +131,7 @@ def start_policy_node(checkpoint, extra_args=None, **overrides) -> NodeProcess:
               'num_inference_steps': 4, 'control_rate_hz': 10.0, 'max_obs_age_s': 0.5,
               'diagnostics_rate_hz': 4.0, 'device': 'cpu'}
     params.update(overrides)
+    params = {k: v for k, v in params.items() if v is not None}  # None: leave the parameter unset
     return NodeProcess('diffusion_policy_ros.nodes.policy_node', params, extra_args)
 
 
@@ -218,7 +219,9 @@ def test_bad_input_holds_at_the_measured_position_from_the_first_tick(policy_nod
         assert diag['reason'] and f'rejected {code}' in diag, diag
         time.sleep(0.7)  # past max_obs_age_s (0.5 s) of the fault
         sent = robot.trajectories_since(began)
-        first_hold = next(i for i, m in enumerate(sent) if len(m.points) == 1)
+        # a HOLD is one point at the measured position (a chunk's last point is one point too, elsewhere)
+        first_hold = next(i for i, m in enumerate(sent)
+                          if len(m.points) == 1 and np.allclose(m.points[0].positions, PANDA_HOME, atol=1e-9))
         holds = [m for m in sent[first_hold:] if len(m.points) == 1]
         assert len(holds) >= 3, f'{len(holds)} hold commands'
         period = publish_period([stamp_to_seconds(m.header.stamp) for m in holds[:3]])
@@ -348,3 +351,53 @@ def test_estop_latches_hold_and_stop_start_services(policy_node, robot):
     robot.wait_state('HOLD', 'STOPPED', timeout=5)
     assert call(Trigger, '/policy_node/start', Trigger.Request()).success
     robot.wait_state('RUNNING', timeout=5)
+
+
+def _diagnostics_of(robot, node_name: str) -> list[dict[str, str]]:
+    found: list[dict[str, str]] = []
+    robot.node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: found.extend(
+        {kv.key: kv.value for kv in st.values} for st in m.status if st.name.startswith(node_name)), 50)
+    return found
+
+
+def test_the_checkpoints_execution_settings_are_the_nodes_defaults(tiny_checkpoint, robot, tmp_path):
+    """Exported with 3 steps and 4 actions per chunk, the checkpoint runs that way in the node with no
+    parameter saying so (the node's own defaults are 'the checkpoint's')."""
+    from diffusion_policy_ros.training.export import export_checkpoint
+    released = export_checkpoint(tiny_checkpoint, tmp_path / 'released', 'float32', n_action_steps=4,
+                                 num_inference_steps=3)
+    found = _diagnostics_of(robot, 'released_policy_node')
+    node = start_policy_node(released, extra_args=['-r', '__node:=released_policy_node'],
+                             output_topic='/released/joint_trajectory', **{'num_inference_steps': None})
+    try:
+        wait_for(lambda: found or not node.alive(), 60, 'diagnostics of the released policy')
+        assert (found[-1]['num_inference_steps'], found[-1]['n_action_steps']) == ('3', '4'), found[-1]
+        assert found[-1]['control_rate_hz'] == '10'
+    finally:
+        node.stop()
+
+
+def test_a_misspelt_parameter_fails_configure_naming_it(tiny_checkpoint):
+    node = start_policy_node(tiny_checkpoint, num_inference_step=3)
+    try:
+        wait_for(lambda: 'configure failed' in node.output or not node.alive(), 60, 'configure to fail')
+        assert "unknown parameter(s) ['num_inference_step']" in node.output, node.output
+        assert 'num_inference_steps' in node.output  # the known names are listed
+    finally:
+        node.stop()
+
+
+def test_a_node_rate_other_than_the_checkpoints_is_refused_with_both_rates(tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+    fifteen = tmp_path / 'fifteen_hz'
+    shutil.copytree(tiny_checkpoint, fifteen)
+    config = json.loads((fifteen / 'config.json').read_text())
+    config['policy_config'].setdefault('execution', {})['control_period_s'] = 1 / 15
+    (fifteen / 'config.json').write_text(json.dumps(config))
+    node = start_policy_node(fifteen, control_rate_hz=10.0)
+    try:
+        wait_for(lambda: 'configure failed' in node.output or not node.alive(), 60, 'configure to fail')
+        assert 'control_rate_hz 10 Hz differs from the 15 Hz checkpoint' in node.output, node.output
+    finally:
+        node.stop()

@@ -18,11 +18,10 @@ from typing import Literal
 
 import numpy as np
 
+from diffusion_policy_ros.core.config import BLENDING_MODES, ExecutionSettings
+
 Blending = Literal['none', 'temporal_ensemble', 'crossfade']
-BLENDING_MODES: tuple[str, ...] = ('none', 'temporal_ensemble', 'crossfade')
-# The default of the node, the evaluator and the sweeps: with chunk-end replanning it keeps a multimodal
-# policy on one mode per chunk (temporal ensembling averages the modes: 20 % vs 95 % on reach_around).
-DEFAULT_BLENDING: Blending = 'crossfade'
+DEFAULT_BLENDING: Blending = ExecutionSettings.blending  # see core.config.ExecutionSettings
 
 # Query times come from a float clock; a row due "now" must not be dropped because of rounding.
 _TIME_EPS = 1e-6
@@ -102,10 +101,10 @@ class ExecutorConfig:
     control_period: float = 0.1  # seconds between published points (and between chunk rows)
     n_action_steps: int = 8  # actions executed per chunk, from its newest-observation row
     blending: Blending = DEFAULT_BLENDING
-    crossfade_steps: int = 4  # periods over which the old chunk fades into the new one
+    crossfade_steps: int = ExecutionSettings.crossfade_steps  # periods over which the old chunk fades in the new
     # ACT's exponential weights w_i = exp(-k * i), i = 0 for the oldest chunk covering a time:
     # k > 0 trusts earlier chunks more (smoother), k < 0 reacts faster to new ones.
-    ensemble_decay: float = 0.01  # ACT's default
+    ensemble_decay: float = ExecutionSettings.ensemble_decay  # ACT's default
     max_chunk_age: float = 1.0  # seconds after its observation a chunk may still be executed
 
     def __post_init__(self) -> None:

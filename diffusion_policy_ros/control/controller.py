@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from diffusion_policy_ros.control.chunks import ChunkExecutor, ExecutorConfig
+from diffusion_policy_ros.core.config import REPLAN_MODES, ExecutionConfig
 from diffusion_policy_ros.control.health import HealthMonitor, HealthState, HoldCode, HoldReason
 from diffusion_policy_ros.control.inference_worker import InferenceWorker, PolicyFn
 from diffusion_policy_ros.control.limits import JointLimits, clamp_trajectory
@@ -22,7 +23,6 @@ from diffusion_policy_ros.control.measurement import MeasurementRules, check_joi
 from diffusion_policy_ros.control.observation import JOINT_STATE_STREAM, ImageDecoder, ObservationHistory
 
 
-REPLAN_MODES = ('auto', 'chunk_end', 'every_tick')
 
 
 @dataclass
@@ -39,6 +39,14 @@ class ControllerConfig:
     # modes every tick). 'every_tick': as soon as the worker is free (what temporal ensembling wants).
     # 'auto': every_tick with temporal_ensemble blending, chunk_end otherwise.
     replan: str = 'auto'
+
+    @classmethod
+    def from_execution(cls, execution: ExecutionConfig, n_obs_steps: int, **settings: Any) -> ControllerConfig:
+        """The controller for a policy's resolved `ExecutionConfig` (`PolicyConfig.execution_config`)."""
+        executor = ExecutorConfig(control_period=execution.control_period_s, n_action_steps=execution.n_action_steps,
+                                  blending=execution.blending, crossfade_steps=execution.crossfade_steps,
+                                  ensemble_decay=execution.ensemble_decay)
+        return cls(n_obs_steps=n_obs_steps, executor=executor, replan=execution.replan, **settings)
 
     def __post_init__(self) -> None:
         if self.replan not in REPLAN_MODES:

@@ -171,6 +171,55 @@ class SamplerSettings(_DictMixin):
     num_inference_steps: int = 10
     eta: float = 0.0  # DDIM only
     variance_type: Literal['fixed_small', 'fixed_large'] = 'fixed_small'  # DDPM only
+    timestep_spacing: Literal['leading', 'trailing'] = 'leading'  # DDIM: 'trailing' for few-step students
+
+
+BLENDING_MODES: tuple[str, ...] = ('none', 'temporal_ensemble', 'crossfade')
+REPLAN_MODES: tuple[str, ...] = ('auto', 'chunk_end', 'every_tick')
+
+
+@dataclass
+class ExecutionSettings(_DictMixin):
+    """How chunks are executed on the robot, saved with the policy: the period its data was recorded
+    at, and the blending it was evaluated with. With `PolicyConfig.n_action_steps` and
+    `sampler.num_inference_steps` they make the `ExecutionConfig` every consumer starts from."""
+
+    control_period_s: float = 0.1  # seconds between chunk rows: the dataset's control period
+    # 'crossfade' with chunk-end replanning keeps a multimodal policy on one mode per chunk (temporal
+    # ensembling averages the modes: 20 % vs 95 % success on reach_around).
+    blending: str = 'crossfade'
+    crossfade_steps: int = 3  # periods over which an old chunk fades into the new one
+    ensemble_decay: float = 0.01  # ACT's weight decay for temporal_ensemble
+    replan: str = 'auto'  # auto | chunk_end | every_tick (see control.controller.ControllerConfig)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.control_period_s, (int, float)) and 0 < self.control_period_s < 10):
+            raise ValueError(f'execution.control_period_s must be in (0, 10) seconds, got {self.control_period_s}')
+        if self.blending not in BLENDING_MODES:
+            raise ValueError(f'execution.blending must be one of {BLENDING_MODES}, got {self.blending!r}')
+        if self.replan not in REPLAN_MODES:
+            raise ValueError(f'execution.replan must be one of {REPLAN_MODES}, got {self.replan!r}')
+        if self.crossfade_steps < 0:
+            raise ValueError(f'execution.crossfade_steps must be >= 0, got {self.crossfade_steps}')
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """Everything that decides how a policy runs, resolved once from its checkpoint (plus explicit
+    overrides): the node, eval, sweep, replay and demo all take it from `execution_config`."""
+
+    control_period_s: float
+    num_inference_steps: int | None  # None for policies that do not sample (BC)
+    n_action_steps: int
+    blending: str
+    crossfade_steps: int
+    ensemble_decay: float
+    replan: str
+
+    def changed_from(self, other: ExecutionConfig) -> dict[str, tuple[Any, Any]]:
+        """{field: (other's, this one's)} where they differ, for logging overrides."""
+        return {f.name: (getattr(other, f.name), getattr(self, f.name)) for f in dataclasses.fields(self)
+                if getattr(other, f.name) != getattr(self, f.name)}
 
 
 @dataclass
@@ -189,6 +238,7 @@ class PolicyConfig(_DictMixin):
     bc_hidden_dims: tuple[int, ...] = (512, 512)
     cfg_dropout: float = 0.0     # probability of replacing the condition by the learned null condition
     guidance_scale: float = 1.0  # classifier-free guidance at inference; 1.0 = off, one forward pass
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
 
     def __post_init__(self) -> None:
         if self.policy not in ('diffusion', 'bc'):
@@ -204,6 +254,29 @@ class PolicyConfig(_DictMixin):
             raise ValueError(f'PolicyConfig.cfg_dropout must be in [0, 1), got {self.cfg_dropout}')
         if self.guidance_scale != 1.0 and self.cfg_dropout == 0.0:
             raise ValueError('PolicyConfig.guidance_scale != 1 needs a null condition trained with cfg_dropout > 0')
+
+    def execution_config(self, **overrides: Any) -> ExecutionConfig:
+        """The checkpoint's execution settings with the `overrides` that are not None applied and checked
+        (num_inference_steps, n_action_steps, control_period_s, blending, crossfade_steps, ensemble_decay,
+        replan). The one place a consumer turns a policy config into how it runs."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ExecutionConfig)})
+        if unknown:
+            raise ValueError(f'unknown execution setting(s) {unknown}')
+        base = dict(dataclasses.asdict(self.execution),
+                    num_inference_steps=self.sampler.num_inference_steps if self.policy == 'diffusion' else None,
+                    n_action_steps=self.n_action_steps)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        if self.policy != 'diffusion':
+            base['num_inference_steps'] = None
+        max_actions = self.horizon - self.n_obs_steps + 1
+        if not 1 <= int(base['n_action_steps']) <= max_actions:
+            raise ValueError(f'n_action_steps {base["n_action_steps"]} must be in [1, horizon - n_obs_steps + 1 '
+                             f'= {max_actions}]')
+        steps = base['num_inference_steps']
+        if steps is not None and not 1 <= int(steps) <= self.sampler.num_train_timesteps:
+            raise ValueError(f'num_inference_steps {steps} must be in [1, {self.sampler.num_train_timesteps}]')
+        ExecutionSettings(**{f.name: base[f.name] for f in dataclasses.fields(ExecutionSettings)})  # checks
+        return ExecutionConfig(**base)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> PolicyConfig:

@@ -117,8 +117,11 @@ class DiffusionPolicy(_ObservationPolicy):
                       clip_sample_range=settings.clip_sample_range,
                       num_inference_steps=settings.num_inference_steps)
         if settings.kind == 'ddim':
-            self.sampler: DDIMSampler | DDPMSampler = build_sampler('ddim', eta=settings.eta, **common)
+            self.sampler: DDIMSampler | DDPMSampler = build_sampler(
+                'ddim', eta=settings.eta, timestep_spacing=settings.timestep_spacing, **common)
         else:
+            if settings.timestep_spacing != 'leading':
+                raise ValueError("sampler.timestep_spacing 'trailing' needs kind 'ddim'")
             self.sampler = build_sampler('ddpm', variance_type=settings.variance_type, **common)
         # Learned "no observation" condition for classifier-free guidance.
         self.null_cond = (nn.Parameter(torch.zeros(cfg.n_obs_steps, self.obs_encoder.output_dim))

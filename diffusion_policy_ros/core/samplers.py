@@ -55,7 +55,10 @@ class DDIMSamplerConfig:
     clip_sample_range: float = 1.0
     eta: float = 0.0
     set_alpha_to_one: bool = True
-    timestep_spacing: Literal['leading'] = 'leading'
+    # 'leading' (diffusers' default: a 1-step chain is t = 0) or 'trailing' (a 1-step chain starts from
+    # the noisiest step, t = T - 1, as few-step students need: Lin et al. 2024, "Common diffusion noise
+    # schedules and sample steps are flawed").
+    timestep_spacing: Literal['leading', 'trailing'] = 'leading'
     steps_offset: int = 0
     num_inference_steps: int = 10
 
@@ -80,8 +83,10 @@ class _Sampler:
     def __init__(self, config: DDPMSamplerConfig | DDIMSamplerConfig) -> None:
         if config.prediction_type not in ('epsilon', 'sample'):
             raise ValueError(f"prediction_type must be 'epsilon' or 'sample', got {config.prediction_type!r}")
-        if config.timestep_spacing != 'leading':
-            raise ValueError(f"only timestep_spacing 'leading' is supported, got {config.timestep_spacing!r}")
+        spacings = ('leading', 'trailing') if isinstance(config, DDIMSamplerConfig) else ('leading',)
+        if config.timestep_spacing not in spacings:
+            raise ValueError(f'timestep_spacing must be one of {spacings} for this sampler, '
+                             f'got {config.timestep_spacing!r}')
         if config.clip_sample_range <= 0:
             raise ValueError(f'clip_sample_range must be > 0, got {config.clip_sample_range}')
         self.config = config
@@ -104,9 +109,13 @@ class _Sampler:
                              f'got {num_inference_steps}')
         return n
 
-    def _leading_timesteps(self, n: int) -> list[int]:
-        ratio = self.num_train_timesteps // n
-        steps = [i * ratio + self.config.steps_offset for i in range(n - 1, -1, -1)]
+    def _chain_timesteps(self, n: int) -> list[int]:
+        if self.config.timestep_spacing == 'trailing':  # diffusers' trailing spacing
+            t = self.num_train_timesteps
+            steps = [int(v) - 1 + self.config.steps_offset for v in np.round(np.arange(t, 0, -t / n))]
+        else:
+            ratio = self.num_train_timesteps // n
+            steps = [i * ratio + self.config.steps_offset for i in range(n - 1, -1, -1)]
         if steps[0] >= self.num_train_timesteps or steps[-1] < 0:
             raise ValueError(f'steps_offset {self.config.steps_offset} puts the {n}-step chain {steps[0]}..{steps[-1]} '
                              f'outside the trained timesteps 0..{self.num_train_timesteps - 1}')
@@ -270,7 +279,7 @@ class DDPMSampler(_Sampler):
         # float32 (beta ~1e-4), and matching diffusers to 1e-5 means making the same rounding.
         ac = self.alphas_cumprod
         one = torch.tensor(1.0)
-        steps = self._leading_timesteps(n)
+        steps = self._chain_timesteps(n)
         rows, draws = [], []
         for i, t in enumerate(steps):
             prev_t = steps[i + 1] if i + 1 < n else -1
@@ -308,7 +317,7 @@ class DDIMSampler(_Sampler):
         ac = self.alphas_cumprod
         final = torch.tensor(1.0) if self.config.set_alpha_to_one else ac[0]
         ratio = self.num_train_timesteps // n
-        steps = self._leading_timesteps(n)
+        steps = self._chain_timesteps(n)
         eta = float(self.config.eta)
         rows = []
         for t in steps:

@@ -3,6 +3,7 @@ and defaults; the params files in config/ and the node's declared parameters bot
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,36 +32,60 @@ def _field_default(field: dataclasses.Field) -> Any:
     raise TypeError(f'parameter {field.name} needs a default')
 
 
+def _unset_allowed(hint: Any) -> tuple[Any, bool]:
+    """(the type, whether None - "unset" - is allowed) of a field hint such as `int | None`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
 def declare_parameters(node: Node, cls: type[T], skip: tuple[str, ...] = ()) -> T:
-    """Declare every field of `cls` on `node` (typed, so empty lists work) and return their values."""
+    """Declare every field of `cls` on `node` (typed, so empty lists work) and return their values.
+
+    A field typed `X | None` with default None is declared by type and stays unset unless a params
+    file or `-p` sets it: "unset" (the checkpoint's value, say) is then explicit, not a magic 0.
+    Parameters the node was given that `cls` does not declare are refused (`unknown_given_parameters`)."""
     hints = typing.get_type_hints(cls)
     values = {}
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
-        param_type = _TYPES.get(hints[field.name])
+        hint, optional = _unset_allowed(hints[field.name])
+        param_type = _TYPES.get(hint)
         if param_type is None:
             raise TypeError(f'{cls.__name__}.{field.name}: unsupported parameter type {hints[field.name]}')
         default = _field_default(field)
         # Doubles are declared with dynamic typing so `-p rate:=10` (an integer on the command line)
         # is accepted and converted, instead of failing the whole node at start-up.
+        by_type = (isinstance(default, list) and not default) or (optional and default is None)
         descriptor = ParameterDescriptor(description=field.metadata.get('help', ''),
-                                         dynamic_typing=param_type is Parameter.Type.DOUBLE)
-        if isinstance(default, list) and not default:
+                                         dynamic_typing=param_type is Parameter.Type.DOUBLE and not by_type)
+        if by_type:  # (rclpy refuses dynamic typing with a declared type: `-p rate:=10` must then say 10.0)
             node.declare_parameter(field.name, param_type, descriptor)
         else:
             node.declare_parameter(field.name, default, descriptor)
         try:
             value = node.get_parameter(field.name).value
-        except ParameterUninitializedException:  # an empty list declared by type and not overridden
+        except ParameterUninitializedException:  # declared by type and not set
             value = None
-        values[field.name] = _coerce(value, hints[field.name], field.name)
+        values[field.name] = _coerce(value, hint, field.name, optional)
     return cls(**values)
 
 
-def _coerce(value: Any, hint: Any, name: str) -> Any:
+def unknown_given_parameters(node: Node, cls: type, allowed_extra: tuple[str, ...] = ('use_sim_time',)) -> list[str]:
+    """Names given to the node (params file, -p) that `cls` does not declare: typos, refused at configure."""
+    overrides = node.get_node_options().parameter_overrides if hasattr(node, 'get_node_options') else []
+    given = {p.name for p in overrides} | set(getattr(node, '_parameter_overrides', {}))
+    names = {f.name for f in dataclasses.fields(cls)} | set(allowed_extra)
+    return sorted(n for n in given - names if not n.startswith('qos_overrides.')
+                  and n != 'start_type_description_service')
+
+
+def _coerce(value: Any, hint: Any, name: str, optional: bool = False) -> Any:
     if value is None:
-        return [] if typing.get_origin(hint) is list else value
+        return [] if typing.get_origin(hint) is list and not optional else value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f'parameter {name} must be a number, got {value!r}')

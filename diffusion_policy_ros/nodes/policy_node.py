@@ -17,7 +17,7 @@ import gc
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from diffusion_policy_ros.control.chunks import BLENDING_MODES, DEFAULT_BLENDING, ExecutorConfig
 from diffusion_policy_ros.control.controller import ControllerConfig, PolicyController
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
@@ -38,7 +37,8 @@ from diffusion_policy_ros.data.image_codec import (CdrImage, ImageDecodeError, c
 from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
-from diffusion_policy_ros.nodes.params import declare_parameters
+from diffusion_policy_ros.core.config import ExecutionConfig
+from diffusion_policy_ros.nodes.params import declare_parameters, unknown_given_parameters
 from diffusion_policy_ros.nodes.polled import CAMERA_QOS, JOINT_STATE_QOS, PolledSubscription
 from diffusion_policy_ros.paths import share_dir
 from diffusion_policy_ros.robot_description import PANDA_JOINTS, panda_description
@@ -54,23 +54,32 @@ class PolicyNodeParams:
                 'tried against the working directory, then the package share directory'})
     device: str = field(default='auto', metadata={'help': 'auto | cuda | cpu'})
     camera_topics: list[str] = field(default_factory=lambda: ['/camera/color/image_raw'], metadata={
-        'help': "image topics, mapped in order to the checkpoint's camera keys ([''] in a params file: none)"})
+        'help': "image topics, mapped in order to the checkpoint's camera keys (unused for a camera-less checkpoint)"})
     joint_states_topic: str = '/joint_states'
     output_topic: str = '/arm_controller/joint_trajectory'
-    control_rate_hz: float = 10.0
-    num_inference_steps: int = field(default=10, metadata={'help': 'DDIM steps per chunk'})
-    n_action_steps: int = field(default=0, metadata={'help': "actions executed per chunk; 0 = the checkpoint's"})
+    # How the policy executes: unset (left out of the params file) = what the checkpoint was trained and
+    # released with (PolicyConfig.execution_config); set = an override, logged at configure.
+    control_rate_hz: float | None = field(default=None, metadata={
+        'help': "unset: the checkpoint's (its dataset's control rate); another rate is refused unless "
+                'allow_rate_mismatch (it would stretch every action in time)'})
+    allow_rate_mismatch: bool = field(default=False, metadata={
+        'help': "run at a control_rate_hz that differs from the checkpoint's anyway"})
+    num_inference_steps: int | None = field(default=None, metadata={
+        'help': "network evaluations (DDIM steps) per chunk; unset: the checkpoint's"})
+    n_action_steps: int | None = field(default=None, metadata={
+        'help': "actions executed per chunk; unset: the checkpoint's"})
     max_obs_age_s: float = field(default=0.5, metadata={
         'help': 'older observations put the node in HOLD; a HOLD publishes no older measurement than this'})
     joint_limit_tolerance: float = field(default=MeasurementRules.limit_tolerance, metadata={
         'help': 'rad a measured joint may lie outside its limits; a joint state further out is rejected (HOLD)'})
     future_stamp_tolerance_s: float = field(default=MeasurementRules.future_tolerance_s, metadata={
         'help': 's a message stamp may lie ahead of the node clock; one further ahead is rejected (HOLD)'})
-    blending: str = field(default=DEFAULT_BLENDING, metadata={'help': 'none | temporal_ensemble | crossfade'})
-    replan: str = field(default='auto', metadata={
-        'help': 'auto | chunk_end | every_tick: when to ask for the next chunk (see ControllerConfig.replan)'})
-    crossfade_steps: int = 3
-    ensemble_decay: float = 0.01
+    blending: str | None = field(default=None, metadata={
+        'help': "none | temporal_ensemble | crossfade; unset: the checkpoint's"})
+    replan: str | None = field(default=None, metadata={
+        'help': "auto | chunk_end | every_tick: when to ask for the next chunk; unset: the checkpoint's"})
+    crossfade_steps: int | None = field(default=None, metadata={'help': "unset: the checkpoint's"})
+    ensemble_decay: float | None = field(default=None, metadata={'help': "unset: the checkpoint's"})
     joint_names: list[str] = field(default_factory=list, metadata={
         'help': "names of the commanded joints; empty = the checkpoint's; must be the checkpoint's joints"})
     position_lower: list[float] = field(default_factory=list)
@@ -89,7 +98,8 @@ class PolicyNodeParams:
     torch_threads: int = field(default=0, metadata={
         'help': 'intra-op CPU threads for inference; 0 = torch default. On a small CPU shared with the '
                 'simulator, 1 avoids oversubscription (10x slower steps measured on 2 busy cores)'})
-    seed: int = 0
+    seed: int = field(default=0, metadata={
+        'help': '> 0: the sampling noise comes from a generator seeded with it (reproducible runs); 0: random'})
 
 
 PARAMS = PolicyNodeParams  # what bring-up and the params-file test read
@@ -139,6 +149,8 @@ class PolicyNode(ReleasingLifecycleNode):
         self._pub = None
         self._timers: list = []
         self.controller: PolicyController | None = None
+        self.execution: ExecutionConfig | None = None
+        self._generator = None  # seeded sampling noise (`seed` > 0)
         self._policy = None
         self._stream = None  # a CUDA stream for inference when on the GPU
         self.device = 'cpu'
@@ -152,9 +164,11 @@ class PolicyNode(ReleasingLifecycleNode):
     def _configure(self) -> None:
         from diffusion_policy_ros.core.checkpoint import load_checkpoint
         p = self.params
-        if p.blending not in BLENDING_MODES:
-            raise ValueError(f'blending must be one of {BLENDING_MODES}, got {p.blending!r}')
-        if p.control_rate_hz <= 0:
+        unknown = unknown_given_parameters(self, PolicyNodeParams)
+        if unknown:
+            raise ValueError(f'unknown parameter(s) {unknown}; policy_node knows '
+                             f'{sorted(f.name for f in fields(PolicyNodeParams))}')
+        if p.control_rate_hz is not None and not p.control_rate_hz > 0:
             raise ValueError(f'control_rate_hz must be > 0, got {p.control_rate_hz}')
         self.device = pick_device(p.device)
         if p.torch_threads > 0:
@@ -165,8 +179,10 @@ class PolicyNode(ReleasingLifecycleNode):
         self._accelerate(p.accelerate)
         cfg, obs_spec = self._policy.cfg, self._policy.obs_spec
         joints = list(self._policy.action_spec.joint_names)
-        # A ROS params file cannot hold an empty list: [''] stands for "no camera" there.
-        camera_topics = [t for t in p.camera_topics if t]
+        camera_topics = [t for t in p.camera_topics if t]  # [''] (old params files' "none") is empty
+        if camera_topics and not obs_spec.camera_keys:
+            self.get_logger().info(f'checkpoint {path} observes no camera: camera_topics {camera_topics} unused')
+            camera_topics = []
         if len(camera_topics) != len(obs_spec.camera_keys):
             raise ValueError(f'camera_topics has {len(camera_topics)} topics {camera_topics} but the '
                              f'checkpoint {path} expects {len(obs_spec.camera_keys)} cameras {obs_spec.camera_keys}')
@@ -181,18 +197,19 @@ class PolicyNode(ReleasingLifecycleNode):
         limits = joint_limits_for(p, joints)
         if p.velocity_scale != 1.0:
             limits = limits.scaled(p.velocity_scale)
-        self.period = 1.0 / p.control_rate_hz
+        self.execution = execution = self._execution(cfg, path)
+        self.period = execution.control_period_s
         self.image_shape = tuple(obs_spec.image_shape)
-        executor_cfg = ExecutorConfig(control_period=self.period,
-                                      n_action_steps=p.n_action_steps or cfg.n_action_steps,
-                                      blending=p.blending, crossfade_steps=p.crossfade_steps,
-                                      ensemble_decay=p.ensemble_decay)
+        self._generator = None
+        if p.seed > 0:
+            import torch
+            self._generator = torch.Generator(device=self.device).manual_seed(p.seed)
         topic_of = dict(zip(obs_spec.camera_keys, camera_topics))
         self.controller = PolicyController(
             self._infer, list(obs_spec.camera_keys), limits,
-            ControllerConfig(n_obs_steps=cfg.n_obs_steps, max_obs_age_s=p.max_obs_age_s, executor=executor_cfg,
-                             replan=p.replan, measurement=MeasurementRules(p.joint_limit_tolerance,
-                                                                           p.future_stamp_tolerance_s)),
+            ControllerConfig.from_execution(execution, cfg.n_obs_steps, max_obs_age_s=p.max_obs_age_s,
+                                            measurement=MeasurementRules(p.joint_limit_tolerance,
+                                                                         p.future_stamp_tolerance_s)),
             clock=self._now, stream_names={**topic_of, 'joint_states': p.joint_states_topic},
             decode_image=self._decode_image,
             # the window reaches (n_obs_steps - 1) periods back; two more cover a late tick
@@ -203,9 +220,26 @@ class PolicyNode(ReleasingLifecycleNode):
         self._pub = self.create_publisher(JointTrajectory, p.output_topic, 10)
         self.get_logger().info(
             f'configured: checkpoint {path} ({cfg.policy}/{cfg.denoiser}) on {self.device}; cameras '
-            f'{topic_of}; joints {joints}; {p.control_rate_hz:g} Hz to {p.output_topic}; DDIM '
-            f'{p.num_inference_steps} steps, {executor_cfg.n_action_steps} actions per chunk, '
-            f'blending {p.blending}')
+            f'{topic_of}; joints {joints}; {1 / execution.control_period_s:g} Hz to {p.output_topic}; '
+            f'{execution.num_inference_steps} network evaluations and {execution.n_action_steps} actions per '
+            f'chunk, blending {execution.blending}')
+
+    def _execution(self, cfg, path: Path) -> ExecutionConfig:
+        """The checkpoint's execution settings, with the parameters that are set as overrides."""
+        p = self.params
+        checkpoint = cfg.execution_config()
+        rate = checkpoint.control_period_s if p.control_rate_hz is None else 1.0 / p.control_rate_hz
+        if abs(rate - checkpoint.control_period_s) > 1e-9 and not p.allow_rate_mismatch:
+            raise ValueError(f'control_rate_hz {p.control_rate_hz:g} Hz differs from the {1 / checkpoint.control_period_s:g}'
+                             f' Hz checkpoint {path} was trained at: every action would run at the wrong time. '
+                             'Leave control_rate_hz unset, or set allow_rate_mismatch to run it anyway')
+        execution = cfg.execution_config(
+            control_period_s=rate, num_inference_steps=p.num_inference_steps, n_action_steps=p.n_action_steps,
+            blending=p.blending, crossfade_steps=p.crossfade_steps, ensemble_decay=p.ensemble_decay,
+            replan=p.replan)
+        for name, (theirs, ours) in execution.changed_from(checkpoint).items():
+            self.get_logger().warning(f'{name} {ours} overrides the checkpoint\'s {theirs}')
+        return execution
 
     def _accelerate(self, how: str) -> None:
         """Optional compilation of the denoiser (the part run num_inference_steps times per chunk); the
@@ -312,11 +346,12 @@ class PolicyNode(ReleasingLifecycleNode):
     def _infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         if self.params.inference_delay_s > 0:
             time.sleep(self.params.inference_delay_s)
+        steps = self.execution.num_inference_steps
         if self._stream is None:
-            return self._policy.predict_action_chunk(obs, num_inference_steps=self.params.num_inference_steps)
+            return self._policy.predict_action_chunk(obs, num_inference_steps=steps, generator=self._generator)
         import torch
         with torch.cuda.stream(self._stream):  # the numpy result is copied back, which synchronises
-            return self._policy.predict_action_chunk(obs, num_inference_steps=self.params.num_inference_steps)
+            return self._policy.predict_action_chunk(obs, num_inference_steps=steps, generator=self._generator)
 
     def _example_observation(self) -> dict[str, np.ndarray]:
         h, w = self.image_shape
@@ -386,6 +421,9 @@ class PolicyNode(ReleasingLifecycleNode):
         values = self.controller.diagnostics(self._now())
         periods = np.diff(self._publish_times)
         values.update({'device': self.device, 'published': str(self._published),
+                       'num_inference_steps': str(self.execution.num_inference_steps),
+                       'n_action_steps': str(self.execution.n_action_steps),
+                       'control_rate_hz': f'{1 / self.execution.control_period_s:g}',
                        'publish_period_mean_s': f'{periods.mean():.4f}' if periods.size else 'nan'})
         reason = self.controller.health.reason
         status = DiagnosticStatus(name=f'{self.get_name()}: policy', hardware_id=self.device)

@@ -173,6 +173,10 @@ def plan_replay(cfg: ReplayConfig) -> ReplayPlan:
         params['checkpoint'] = str(Path(cfg.checkpoint).expanduser().resolve())
     checkpoint = resolve_checkpoint(str(params['checkpoint']))
     ckpt = read_checkpoint_config(checkpoint)
+    from diffusion_policy_ros.core.config import PolicyConfig
+    checkpoint_rate = 1.0 / PolicyConfig.from_dict(ckpt['policy_config']).execution.control_period_s
+    if params.get('control_rate_hz') is None:  # unset: the node runs at the checkpoint's rate
+        params['control_rate_hz'] = checkpoint_rate
     camera_keys = list(ckpt['observation_spec'].get('camera_keys', []))
     observed = list(ckpt['observation_spec'].get('joint_names', []))
     action = list(ckpt['action_spec'].get('joint_names', []))

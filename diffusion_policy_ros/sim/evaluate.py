@@ -21,6 +21,7 @@ torch generator with its sim seed, so a report is reproducible.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -32,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from ..control.chunks import BLENDING_MODES, DEFAULT_BLENDING, ActionChunk, ExecutorConfig
+from ..control.chunks import BLENDING_MODES, ActionChunk
 from ..control.controller import ControllerConfig, PolicyController
 from ..control.inference_worker import WorkerStats
 from ..control.limits import JointLimits
 from ..control.observation import ObservationWindow
 from ..control.stats import RollingPercentiles
+from ..core.config import ExecutionConfig, ExecutionSettings
 from ..data.image_codec import prepare_model_image
 from ..robot_description import PANDA_JOINTS, panda_description
 from .arm import SimArm, SimConfig
@@ -46,9 +48,8 @@ from .rollout import rollout
 
 DEFAULT_EVAL_SEED = 1000  # demos use seeds 0..N-1 (+ retries): evaluation starts well past them
 GIF_SIZE = (192, 192)  # (H, W) of the episode GIF: larger than the policy's 96x96 so people can see it
-# Node defaults (config/policy.yaml), so the evaluated execution is the deployed one.
-NODE_CROSSFADE_STEPS = 3
-NODE_ENSEMBLE_DECAY = 0.01
+# The node's default (config/policy.yaml), so the evaluated execution is the deployed one; how chunks
+# are executed comes from the checkpoint for both (PolicyConfig.execution_config).
 NODE_MAX_OBS_AGE_S = 0.5
 # Checkpoint camera key -> sim camera. `config/dataset_sim.yaml` names the scene camera's topic
 # (/camera/color/image_raw) 'camera'; a key equal to a sim camera's name maps to it.
@@ -92,6 +93,21 @@ def mean_squared_jerk(positions: np.ndarray, dt: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------- policy access
+def execution_of(cfg: Any, **overrides: Any) -> ExecutionConfig:
+    """How a policy runs: `PolicyConfig.execution_config`, or for a stand-in policy object (a scripted
+    oracle in the tests) the defaults with its own n_action_steps."""
+    if hasattr(cfg, 'execution_config'):
+        return cfg.execution_config(**overrides)
+    values = {**dataclasses.asdict(ExecutionSettings()), 'n_action_steps': cfg.n_action_steps}
+    values.update({k: v for k, v in overrides.items() if v is not None and k != 'num_inference_steps'})
+    ExecutionSettings(**{k: v for k, v in values.items() if k != 'n_action_steps'})  # checks the values
+    max_actions = cfg.horizon - cfg.n_obs_steps + 1
+    if not 1 <= values['n_action_steps'] <= max_actions:
+        raise ValueError(f'n_action_steps {values["n_action_steps"]} must be in [1, horizon - n_obs_steps + 1 = '
+                         f'{max_actions}]')
+    return ExecutionConfig(num_inference_steps=None, **values)
+
+
 def policy_config(policy: Any) -> Any:
     """The PolicyConfig of a policy (`.config`, or core's `.cfg`)."""
     for name in ('config', 'cfg'):
@@ -323,8 +339,7 @@ class _EpisodeLoop:
     image_shape: tuple[int, int]
     cameras: dict[str, str]  # checkpoint camera key -> sim camera
     limits: JointLimits  # in the policy's action joint order
-    n_action_steps: int
-    blending: str
+    execution: ExecutionConfig
     latency_s: float
     episode_seconds: float | None
 
@@ -336,12 +351,9 @@ class _EpisodeLoop:
         to_panda = [joints.index(n) for n in PANDA_JOINTS]
         arm_joints = [joints.index(n) for n in PANDA_JOINTS[:7]]
         clock = {'now': 0.0}
-        executor_cfg = ExecutorConfig(control_period=period, n_action_steps=self.n_action_steps,
-                                      blending=self.blending, crossfade_steps=NODE_CROSSFADE_STEPS,
-                                      ensemble_decay=NODE_ENSEMBLE_DECAY)
         controller = PolicyController(
             policy_fn, self.camera_keys, self.limits,
-            ControllerConfig(n_obs_steps=self.n_obs_steps, max_obs_age_s=NODE_MAX_OBS_AGE_S, executor=executor_cfg),
+            ControllerConfig.from_execution(self.execution, self.n_obs_steps, max_obs_age_s=NODE_MAX_OBS_AGE_S),
             clock=lambda: clock['now'])
         worker = SimTimeInference(
             policy_fn,
@@ -392,7 +404,7 @@ class _EpisodeLoop:
 
 def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DEFAULT_EVAL_SEED, *,
              num_inference_steps: int | None = None, n_action_steps: int | None = None,
-             blending: str = DEFAULT_BLENDING, latency_s: float | None = None, device: str = 'cpu',
+             blending: str | None = None, latency_s: float | None = None, device: str = 'cpu',
              gif_path: str | Path | None = None, arm: SimArm | None = None, sim_config: SimConfig | None = None,
              camera_map: Mapping[str, str] | None = None, episode_seconds: float | None = None,
              progress: bool = False) -> EvalReport:
@@ -400,7 +412,8 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
 
     `checkpoint_or_policy`: a checkpoint directory/file, or a policy object with `.config`/`.cfg`,
     `.obs_spec`, `.action_spec` and `predict_action_chunk(window, num_inference_steps, generator)`.
-    `n_action_steps` None: the checkpoint's. `latency_s` None: measured (module doc), else that many
+    `num_inference_steps`, `n_action_steps`, `blending` None: the checkpoint's (the node's defaults
+    too: `PolicyConfig.execution_config`). `latency_s` None: measured (module doc), else that many
     sim seconds from observation to chunk (below one control period acts as one period).
     `arm` reuses a simulator (it is reset per episode); `sim_config` overrides the default one
     (cameras at the recording size, resized for the policy). `episode_seconds` cuts episodes short of the task's
@@ -412,8 +425,6 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
         raise ValueError(f'evaluate: episodes must be >= 1, got {episodes}')
     if episode_seconds is not None and not episode_seconds > 0:
         raise ValueError(f'evaluate: episode_seconds must be > 0, got {episode_seconds}')
-    if blending not in BLENDING_MODES:
-        raise ValueError(f'evaluate: blending must be one of {BLENDING_MODES}, got {blending!r}')
     policy, label = load_policy(checkpoint_or_policy, device)
     cfg = policy_config(policy)
     obs_spec, action_spec = policy.obs_spec, policy.action_spec
@@ -423,18 +434,20 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
     if obs_spec.joint_names and list(obs_spec.joint_names) != joints:
         raise ValueError(f'{label} observes joints {list(obs_spec.joint_names)} but commands {joints}: the '
                          f'policy node (and this evaluation) needs them to be the same joints')
-    max_actions = cfg.horizon - cfg.n_obs_steps + 1
-    n_action_steps = cfg.n_action_steps if n_action_steps is None else int(n_action_steps)
-    if not 1 <= n_action_steps <= max_actions:
-        raise ValueError(f'n_action_steps {n_action_steps} must be in [1, horizon - n_obs_steps + 1 = '
-                         f'{max_actions}] for {label}')
-    is_diffusion = getattr(cfg, 'policy', 'diffusion') == 'diffusion'
-    if num_inference_steps is None and is_diffusion:
-        num_inference_steps = cfg.sampler.num_inference_steps
+    try:
+        execution = execution_of(cfg, num_inference_steps=num_inference_steps, n_action_steps=n_action_steps,
+                                 blending=blending)
+    except ValueError as exc:
+        raise ValueError(f'{label}: {exc}') from None
+    num_inference_steps, n_action_steps, blending = (execution.num_inference_steps, execution.n_action_steps,
+                                                     execution.blending)
     cameras = _camera_map(obs_spec.camera_keys, camera_map)
     own_arm = arm is None
     arm = SimArm(sim_config or default_sim_config(task, policy, camera_map)) if own_arm else arm
     period = 1.0 / arm.cfg.control_hz
+    if abs(period - execution.control_period_s) > 1e-9:
+        raise ValueError(f'{label} was trained at {1 / execution.control_period_s:g} Hz but the sim is controlled at '
+                         f'{arm.cfg.control_hz:g} Hz')
     limits = _panda_limits(joints)
 
     import torch
@@ -461,7 +474,7 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
 
     loop = _EpisodeLoop(task=task, n_obs_steps=cfg.n_obs_steps, camera_keys=list(obs_spec.camera_keys),
                         image_shape=tuple(obs_spec.image_shape), cameras=cameras, limits=limits,
-                        n_action_steps=n_action_steps, blending=blending, latency_s=applied_latency,
+                        execution=execution, latency_s=applied_latency,
                         episode_seconds=episode_seconds)
     latencies: list[float] = []
     outcomes: list[EpisodeOutcome] = []
@@ -540,7 +553,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', type=Path, default=None, help='write eval.json and GIF(s) here')
     parser.add_argument('--num-inference-steps', type=int, default=None, help="DDIM steps (default: checkpoint's)")
     parser.add_argument('--n-action-steps', type=int, default=None, help="actions per chunk (default: checkpoint's)")
-    parser.add_argument('--blending', choices=BLENDING_MODES, default=DEFAULT_BLENDING)
+    parser.add_argument('--blending', choices=BLENDING_MODES, default=None,
+                        help="how chunks are blended (default: the checkpoint's)")
     parser.add_argument('--latency-s', type=float, default=None,
                         help='sim-time inference latency (default: measured, rounded up to control periods)')
     parser.add_argument('--device', default='cpu')

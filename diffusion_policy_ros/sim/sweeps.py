@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..control.chunks import BLENDING_MODES, DEFAULT_BLENDING
+from ..control.chunks import BLENDING_MODES
 from .arm import SimArm, SimConfig
 from .evaluate import (DEFAULT_EVAL_SEED, EvalReport, json_safe, default_sim_config, evaluate, load_policy,
                        policy_config)
@@ -95,7 +95,7 @@ def sweep_values(what: str, policy: Any,
 
 def sweep(checkpoint_or_policy: Any, task: str, what: str, episodes: int, seed: int = DEFAULT_EVAL_SEED,
           out_dir: str | Path | None = None, *, values: Sequence[int] | None = None, latency_s: float | None = None,
-          device: str = 'cpu', blending: str = DEFAULT_BLENDING, episode_seconds: float | None = None,
+          device: str = 'cpu', blending: str | None = None, episode_seconds: float | None = None,
           sim_config: SimConfig | None = None, arm: SimArm | None = None, progress: bool = False) -> SweepResult:
     """Evaluate `episodes` episodes per setting of `what` (see module doc); write files to `out_dir`.
 
@@ -225,7 +225,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f'override the settings (default ddim_steps {list(DDIM_STEPS)}, '
                              f'action_horizon {list(ACTION_HORIZONS)})')
     parser.add_argument('--latency-s', type=float, default=None)
-    parser.add_argument('--blending', choices=BLENDING_MODES, default=DEFAULT_BLENDING)
+    parser.add_argument('--blending', choices=BLENDING_MODES, default=None,
+                        help="how chunks are blended (default: the checkpoint's)")
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--episode-seconds', type=float, default=None)
 

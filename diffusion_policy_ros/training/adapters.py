@@ -36,6 +36,7 @@ class TrainingData:
     obs_spec: ObservationSpec
     action_spec: ActionSpec
     normalizer: Normalizer  # fitted on the TRAIN episodes only
+    control_rate_hz: float | None = None  # the rate the dataset was resampled at (attrs), None if unknown
 
 
 def open_dataset(path: Path, cfg: TrainConfig) -> TrainingData:
@@ -96,13 +97,21 @@ def split_training_data(episodes: EpisodeData, cfg: TrainConfig) -> TrainingData
         normalizer = Normalizer.fit(frames, image_keys=camera_keys)
     except (DatasetError, ValueError) as exc:
         raise DataSetupError(f'{source}: cannot fit the normaliser on the training episodes: {exc}') from exc
+    rate = episodes.attrs.get('control_rate_hz')
     return TrainingData(train=train, val=val, train_episodes=train_idx.tolist(), val_episodes=val_idx.tolist(),
-                        obs_spec=obs_spec, action_spec=action_spec, normalizer=normalizer)
+                        obs_spec=obs_spec, action_spec=action_spec, normalizer=normalizer,
+                        control_rate_hz=float(rate) if rate else None)
 
 
 def build_policy_for(cfg: TrainConfig, data: TrainingData, device: torch.device) -> nn.Module:
+    """The policy of `cfg` for this dataset; its chunk rows are the dataset's control period apart, so
+    that period goes into the checkpoint (PolicyConfig.execution) whatever the config says."""
+    policy_cfg = cfg.policy
+    if data.control_rate_hz is not None:
+        policy_cfg = dataclasses.replace(policy_cfg, execution=dataclasses.replace(
+            policy_cfg.execution, control_period_s=1.0 / data.control_rate_hz))
     try:
-        return build_policy(cfg.policy, data.obs_spec, data.action_spec, data.normalizer, device=device)
+        return build_policy(policy_cfg, data.obs_spec, data.action_spec, data.normalizer, device=device)
     except ValueError as exc:  # e.g. images too small for the encoder, a crop larger than the image
         raise DataSetupError(f'policy config does not fit the dataset ({data.obs_spec}): {exc}') from exc
 

@@ -102,6 +102,30 @@ class LossModule(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.policy.compute_loss(batch)
 
+    def loss_of(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The same loss for another copy of the model (the EMA one, in validation)."""
+        return model.compute_loss(batch)
+
+
+class Objective:
+    """What a run trains and how: the default builds a policy for the dataset (or reloads it on
+    resume) and minimises its own denoising loss; `dp-ros distill` trains a student against a teacher."""
+
+    name = 'train'
+
+    def policy(self, cfg: TrainConfig, dataset: adapters.TrainingData, resume_dir: Path | None,
+               device: torch.device) -> nn.Module:
+        if resume_dir is not None:
+            return adapters.load_policy(resume_dir, device)
+        return adapters.build_policy_for(cfg, dataset, device)
+
+    def loss_module(self, policy: nn.Module) -> nn.Module:
+        return LossModule(policy)
+
+    def meta(self) -> dict[str, Any]:
+        """Saved with the training state (and the provenance) so `--resume` finds the same inputs."""
+        return {}
+
 
 @dataclass
 class Optimisation:
@@ -150,17 +174,17 @@ class Optimisation:
 
 
 def train(cfg: TrainConfig, data: str | Path, out: str | Path, *, resume: str | Path | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, objective: Objective | None = None) -> TrainResult:
     """Train (or continue) a run; every rank calls this, only rank 0 writes into `out`."""
     ctx = init_distributed(cfg.train.device)
     try:
-        return _train(cfg, Path(data), Path(out), resume, progress, ctx)
+        return _train(cfg, Path(data), Path(out), resume, progress, ctx, objective or Objective())
     finally:
         shutdown_distributed(ctx)
 
 
 def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path | None, progress: bool,
-           ctx: DistContext) -> TrainResult:
+           ctx: DistContext, objective: Objective) -> TrainResult:
     resume_dir = resolve_resume(resume) if resume is not None else None
     state = load_train_state(resume_dir) if resume_dir is not None else None
     if state is not None and state.step >= cfg.train.steps:
@@ -169,9 +193,9 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
 
     _seed_everything(cfg.train.seed)  # identical model initialisation on every rank
     dataset = adapters.open_dataset(data_path, cfg)
+    policy = objective.policy(cfg, dataset, resume_dir, ctx.device)
     if state is not None:
         # The checkpoint fixes architecture, specs and normaliser; a changed dataset must not alter them.
-        policy = adapters.load_policy(resume_dir, ctx.device)
         policy.load_state_dict(state.model)
         saved = (policy.obs_spec.camera_keys, policy.obs_spec.state_dim, policy.action_spec.dim)
         found = (dataset.obs_spec.camera_keys, dataset.obs_spec.state_dim, dataset.action_spec.dim)
@@ -179,8 +203,6 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
             raise TrainError(f'--resume {resume_dir}: the run was trained on cameras {saved[0]}, state dim '
                              f'{saved[1]}, action dim {saved[2]}, but {data_path} gives {found[0]}, {found[1]}, '
                              f'{found[2]}')
-    else:
-        policy = adapters.build_policy_for(cfg, dataset, ctx.device)
     policy.to(ctx.device).train()
 
     opt = Optimisation.create(cfg, policy, ctx.device)
@@ -212,7 +234,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
                   if val_set is not None and len(val_set) > 0 and ctx.is_main else None)
     batches_per_epoch = math.ceil(sampler.num_samples / cfg.train.batch_size)
 
-    module: nn.Module = LossModule(policy)
+    loss_module = module = objective.loss_module(policy)
     if ctx.distributed:
         module = nn.parallel.DistributedDataParallel(
             module, device_ids=[ctx.device.index] if ctx.device.type == 'cuda' else None)
@@ -221,7 +243,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(run_dir / 'metrics.csv', resume_step=step if state else None)
-        _say(ctx, f'train: {len(train_set)} windows from {len(dataset.train_episodes)} episodes, '
+        _say(ctx, f'{objective.name}: {len(train_set)} windows from {len(dataset.train_episodes)} episodes, '
                   f'validation {len(val_set) if val_set is not None else 0} windows from '
                   f'{len(dataset.val_episodes)} episodes; {sum(p.numel() for p in policy.parameters()):,} '
                   f'parameters on {ctx.device} x{ctx.world_size}'
@@ -230,7 +252,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
             _say(ctx, f'train: amp {cfg.train.amp!r} applies on CUDA only; training in float32 on {ctx.device}')
 
     from tqdm import tqdm
-    bar = tqdm(total=cfg.train.steps, initial=step, desc='train', dynamic_ncols=True, unit='it',
+    bar = tqdm(total=cfg.train.steps, initial=step, desc=objective.name, dynamic_ncols=True, unit='it',
                disable=not (progress and ctx.is_main))
     window_losses: list[float] = []
     window_start = time.perf_counter()
@@ -240,7 +262,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
         'dataset': str(data_path.resolve()), 'train_episodes': [int(i) for i in dataset.train_episodes],
         'val_episodes': [int(i) for i in dataset.val_episodes], 'world_size': ctx.world_size,
         'device': str(ctx.device), 'git_commit': _git_commit(), 'train_config': cfg.to_dict(),
-        'resumed_from': str(resume_dir) if resume_dir is not None else None,
+        'resumed_from': str(resume_dir) if resume_dir is not None else None, **objective.meta(),
     }
     epoch, within = divmod(step, batches_per_epoch)
     while step < cfg.train.steps:
@@ -265,7 +287,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
                 bar.set_postfix(loss=f'{last_loss:.4f}', lr=f'{lr:.2e}')
                 window_losses, window_steps, window_start = [], 0, time.perf_counter()
             if val_loader is not None and (step % cfg.train.val_every == 0 or last):
-                last_val = _validation_loss(ema.averaged if ema else policy, val_loader, cfg, ctx)
+                last_val = _validation_loss(ema.averaged if ema else policy, loss_module, val_loader, cfg, ctx)
                 row['val_loss'] = last_val
                 bar.set_postfix(loss=f'{last_loss:.4f}', val=f'{last_val:.4f}', lr=f'{lr:.2e}')
             if metrics is not None and row:
@@ -280,7 +302,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
                         ema_step=ema.optimization_step if ema else 0,
                         scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=rng,
                         meta={'train_config': cfg.to_dict(), 'dataset': str(data_path.resolve()),
-                              'world_size': ctx.world_size})
+                              'world_size': ctx.world_size, **objective.meta()})
                     provenance = {**provenance_base, 'step': step, 'total_steps': cfg.train.steps,
                                   'date': dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
                                   'ema': ema is not None, 'train_loss': last_loss, 'val_loss': last_val}
@@ -293,7 +315,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
     bar.close()
     barrier(ctx)
     if ctx.is_main:
-        _say(ctx, f'train: done at step {step}, loss {last_loss:.4f}'
+        _say(ctx, f'{objective.name}: done at step {step}, loss {last_loss:.4f}'
                   + (f', val_loss {last_val:.4f}' if last_val is not None else '')
                   + f'; checkpoint {last_ckpt}')
     return TrainResult(run_dir=run_dir, step=step, loss=last_loss, val_loss=last_val, checkpoint=last_ckpt)
@@ -307,7 +329,8 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, ctx: DistContext, *, sampler
 
 
 @torch.no_grad()
-def _validation_loss(model: nn.Module, loader: DataLoader, cfg: TrainConfig, ctx: DistContext) -> float:
+def _validation_loss(model: nn.Module, loss_module: nn.Module, loader: DataLoader, cfg: TrainConfig,
+                     ctx: DistContext) -> float:
     """Mean loss over the first `val_batches` validation batches, with the SAME diffusion noise each
     time (forked RNG), so successive validation numbers are comparable and training RNG is untouched."""
     was_training = model.training
@@ -320,7 +343,7 @@ def _validation_loss(model: nn.Module, loader: DataLoader, cfg: TrainConfig, ctx
             if index >= cfg.train.val_batches:
                 break
             batch = {k: v.to(ctx.device, non_blocking=True) for k, v in batch.items()}
-            losses.append(float(model.compute_loss(batch)))
+            losses.append(float(loss_module.loss_of(model, batch)))
     model.train(was_training)
     return float(np.mean(losses))
 

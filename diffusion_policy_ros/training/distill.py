@@ -1,0 +1,213 @@
+"""`dp-ros distill`: a one- or two-step student from a trained diffusion policy (the teacher).
+
+    dp-ros distill --teacher models/pick_place --data data/pick_place64.zarr --out runs/pick_fast \\
+        --config config/distill.yaml
+    dp-ros distill --resume runs/pick_fast --steps 6000
+
+Method: the teacher's deterministic sampler (DDIM, eta 0) is a fixed map from an initial noise to an
+action chunk, per observation. The student, initialised with the teacher's weights, learns that map
+in `student_steps` network evaluations: it sees the same noise and the same observation features and
+is trained to land on the teacher's chunk (MSE in normalised action space) - knowledge distillation of
+an iterative sampler (Luhman & Luhman 2021), the "one-step generator warm-started from the teacher"
+that OneDP (arXiv 2410.21257) also starts from. Chosen over OneDP's distribution matching and over
+consistency distillation because it needs no second score network, no EDM-style teacher and no
+adversarial term, costs `teacher_steps + student_steps` denoiser passes per sample (the observation
+encoder runs once and stays frozen), and keeps every mode: a different noise still lands on a different
+mode, as the teacher's would.
+
+The student predicts the clean chunk (`prediction_type: sample`) on a trailing DDIM chain (the first
+step at the noisiest timestep), so the checkpoint is an ordinary one: its sampler section says
+`ddim`, `num_inference_steps: 1` (or 2), and every consumer (node, eval, replay, demo) samples it with
+no new parameter.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion_policy_ros.core.checkpoint import CheckpointError
+from diffusion_policy_ros.training import adapters
+from diffusion_policy_ros.training.config import TrainConfig, TrainConfigError, load_yaml
+from diffusion_policy_ros.training.distributed import DeviceUnavailableError
+from diffusion_policy_ros.training.state import TrainStateError, load_train_state
+from diffusion_policy_ros.training.train import (CHECKPOINTS, Objective, TrainError, resolve_resume, train)
+
+
+@dataclass
+class DistillSection:
+    student_steps: int = 1  # network evaluations per chunk of the student: 1 or 2
+    teacher_steps: int | None = None  # the teacher's DDIM steps for the targets; None: its own setting
+    freeze_encoder: bool = True  # the student keeps the teacher's observation encoder as it is
+
+    def __post_init__(self) -> None:
+        if self.student_steps not in (1, 2):
+            raise ValueError(f'distill.student_steps must be 1 or 2, got {self.student_steps}')
+        if self.teacher_steps is not None and self.teacher_steps < 1:
+            raise ValueError(f'distill.teacher_steps must be >= 1, got {self.teacher_steps}')
+
+
+def make_student(teacher: nn.Module, student_steps: int) -> nn.Module:
+    """The teacher's network and normaliser with a few-step, clean-chunk-predicting sampler."""
+    from diffusion_policy_ros.core.policy import DiffusionPolicy, build_policy
+    if not isinstance(teacher, DiffusionPolicy):
+        raise TrainError(f'the teacher must be a diffusion policy, got {type(teacher).__name__}')
+    cfg = copy.deepcopy(teacher.cfg)
+    cfg.sampler = dataclasses.replace(cfg.sampler, kind='ddim', prediction_type='sample', eta=0.0,
+                                      timestep_spacing='trailing', num_inference_steps=student_steps)
+    student = build_policy(cfg, teacher.obs_spec, teacher.action_spec, teacher.normalizer, device=teacher.device)
+    student.load_state_dict(teacher.state_dict())
+    return student
+
+
+class DistillationLoss(nn.Module):
+    """MSE between the student's few-step chunk and the teacher's DDIM chunk from the same noise."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, section: DistillSection) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher_steps = section.teacher_steps or teacher.cfg.sampler.num_inference_steps
+        self.freeze_encoder = section.freeze_encoder
+        if self.freeze_encoder:
+            student.obs_encoder.requires_grad_(False)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss_of(self.student, batch)
+
+    def loss_of(self, student: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        teacher = self.teacher
+        with torch.no_grad():
+            features = teacher.encode_observations(batch)
+            cond = teacher._condition(features)
+            shape = (cond.shape[0], teacher.cfg.horizon, teacher.action_spec.dim)
+            noise = torch.randn(shape, device=cond.device)
+            target = teacher.sampler.sample(teacher.denoiser, shape, cond, noise=noise,
+                                            num_inference_steps=self.teacher_steps)
+        if not self.freeze_encoder:
+            cond = student._condition(student.encode_observations(batch))
+        sampler = student.sampler
+        table = sampler.table()
+        x = noise
+        for index, t in enumerate(table.timesteps):
+            t_batch = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
+            x, _ = sampler.step_by_index(student.denoiser(x, t_batch, cond), index, x, None, len(table.timesteps))
+        return F.mse_loss(x, target)
+
+
+class Distillation(Objective):
+    name = 'distill'
+
+    def __init__(self, teacher_path: Path, section: DistillSection) -> None:
+        self.teacher_path = Path(teacher_path)
+        self.section = section
+        self._teacher: nn.Module | None = None
+
+    def teacher(self, device: torch.device) -> nn.Module:
+        if self._teacher is None:
+            self._teacher = adapters.load_policy(self.teacher_path, device)
+        return self._teacher
+
+    def policy(self, cfg: TrainConfig, dataset: adapters.TrainingData, resume_dir: Path | None,
+               device: torch.device) -> nn.Module:
+        teacher = self.teacher(device)
+        if resume_dir is not None:
+            return adapters.load_policy(resume_dir, device)
+        return make_student(teacher, self.section.student_steps)
+
+    def loss_module(self, policy: nn.Module) -> nn.Module:
+        return DistillationLoss(policy, self.teacher(policy.device), self.section)
+
+    def meta(self) -> dict[str, Any]:
+        return {'teacher': str(self.teacher_path.resolve()), 'distill': dataclasses.asdict(self.section)}
+
+
+def distill_config(config: Path | None, teacher: nn.Module, saved: dict[str, Any] | None = None
+                   ) -> tuple[TrainConfig, DistillSection]:
+    """The run's settings: `config` (train, optim, lr_schedule, ema, dataset and distill sections), else
+    the resumed run's; the policy section is always the teacher's (the student keeps its windows)."""
+    if config is not None:
+        data = load_yaml(config) or {}
+        source = str(config)
+    elif saved is not None:
+        data, source = dict(saved['train_config']), 'the resumed run'
+        data['distill'] = saved.get('distill', {})
+    else:
+        data, source = {}, '<defaults>'
+    if not isinstance(data, dict):
+        raise TrainConfigError(f'distill config {source}: expected a mapping at top level')
+    data = dict(data)
+    if 'policy' in data and config is not None:
+        raise TrainConfigError(f'distill config {source}: no policy section: the student is the teacher\'s network')
+    try:
+        section = DistillSection(**(data.pop('distill', None) or {}))
+    except (TypeError, ValueError) as exc:
+        raise TrainConfigError(f'distill config {source}: distill: {exc}') from exc
+    data['policy'] = teacher.cfg.to_dict()
+    return TrainConfig.from_dict(data, source=source), section
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--teacher', type=Path, help='the trained diffusion policy checkpoint (directory)')
+    parser.add_argument('--data', type=Path, help="zarr episode dataset (the teacher's, or any of the task)")
+    parser.add_argument('--out', type=Path, help='run directory (default with --resume: the resumed run)')
+    parser.add_argument('--config', type=Path, help='distill_*.yaml: train/optim/lr_schedule/ema/dataset and '
+                                                    'distill sections (default: config/distill.yaml)')
+    parser.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a distillation run')
+    parser.add_argument('--steps', type=int, help='override train.steps (total, not additional)')
+    parser.add_argument('--device', help='override train.device: auto | cpu | cuda | cuda:N')
+    parser.add_argument('--no-progress', action='store_true', help='no tqdm bar (logs only)')
+
+
+def run(args: argparse.Namespace) -> int:
+    from diffusion_policy_ros.paths import share_dir
+    try:
+        saved: dict[str, Any] | None = None
+        resume_dir = None
+        if args.resume is not None:
+            resume_dir = resolve_resume(args.resume)
+            saved = load_train_state(resume_dir).meta
+        teacher_path = args.teacher or (Path(saved['teacher']) if saved and saved.get('teacher') else None)
+        if teacher_path is None:
+            raise TrainError('--teacher is required (unless --resume points at a distillation run)')
+        data = args.data or (Path(saved['dataset']) if saved and saved.get('dataset') else None)
+        if data is None:
+            raise TrainError('--data is required (unless --resume points at a distillation run)')
+        out = args.out or (Path(args.resume) if args.resume and (Path(args.resume) / CHECKPOINTS).is_dir()
+                           else (resume_dir.parent.parent if resume_dir else None))
+        if out is None:
+            raise TrainError('--out is required for a new run')
+        teacher = adapters.load_policy(teacher_path, torch.device('cpu'))
+        config = args.config or (None if saved else share_dir() / 'config' / 'distill.yaml')
+        cfg, section = distill_config(config, teacher, saved)
+        if args.steps is not None:
+            cfg.train.steps = args.steps
+        if args.device is not None:
+            cfg.train.device = args.device
+        cfg.validate('(after command-line overrides)')
+        train(cfg, data, out, resume=resume_dir, progress=not args.no_progress,
+              objective=Distillation(teacher_path, section))
+    except (TrainError, TrainConfigError, TrainStateError, adapters.DataSetupError, DeviceUnavailableError,
+            CheckpointError, FileNotFoundError) as exc:
+        print(f'dp-ros distill: error: {exc}', file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `torchrun ... -m diffusion_policy_ros.training.distill` (same flags)."""
+    parser = argparse.ArgumentParser(prog='dp-ros distill', description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

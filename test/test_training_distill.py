@@ -1,0 +1,89 @@
+"""`dp-ros distill`: a 1- or 2-step student from a teacher, end to end and on the bimodal toy task."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from diffusion_policy_ros.cli import main as cli_main
+from diffusion_policy_ros.core.checkpoint import load_checkpoint
+from diffusion_policy_ros.training.distill import DistillSection, DistillationLoss, make_student
+from diffusion_policy_ros.training.plots import read_metrics
+from diffusion_policy_ros.training.synthetic import write_synthetic_dataset
+
+from test_core_bimodal import STATE_DIM, mode_of, sample, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def teacher(tmp_path_factory) -> Path:
+    """A tiny diffusion policy trained a few steps on a synthetic state dataset."""
+    tmp = tmp_path_factory.mktemp('teacher')
+    data = write_synthetic_dataset(tmp / 'state.zarr', n_episodes=5, episode_length=30, camera_keys=(), seed=2)
+    assert cli_main(['train', '--config', str(ROOT / 'config' / 'train_tiny.yaml'), '--data', str(data),
+                     '--out', str(tmp / 'run'), '--steps', '6', '--no-progress']) == 0
+    return tmp / 'run' / 'checkpoints' / 'latest'
+
+
+@pytest.mark.parametrize('student_steps', [1, 2])
+def test_distill_writes_a_student_that_samples_with_its_own_number_of_evaluations(tmp_path, teacher, student_steps):
+    config = yaml.safe_load((ROOT / 'config' / 'distill.yaml').read_text())
+    config['distill']['student_steps'] = student_steps
+    config['train'].update(batch_size=8, val_every=5, checkpoint_every=5, log_every=5)
+    (tmp_path / 'distill.yaml').write_text(yaml.safe_dump(config))
+    data = json.loads((teacher / 'config.json').read_text())['provenance']['dataset']
+    run = tmp_path / 'student'
+    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(run), '--config',
+                     str(tmp_path / 'distill.yaml'), '--steps', '10', '--no-progress']) == 0
+    student = load_checkpoint(run / 'checkpoints' / 'latest')
+    sampler = student.cfg.sampler
+    assert (sampler.kind, sampler.num_inference_steps, sampler.prediction_type, sampler.timestep_spacing) == \
+        ('ddim', student_steps, 'sample', 'trailing')
+    calls = []
+    student.denoiser.register_forward_hook(lambda *_: calls.append(1))
+    window = {'state': np.zeros((student.cfg.n_obs_steps, student.obs_spec.state_dim), np.float32)}
+    chunk = student.predict_action_chunk(window)
+    assert chunk.shape == (student.cfg.horizon, student.action_spec.dim) and np.isfinite(chunk).all()
+    assert len(calls) == student_steps
+    rows = read_metrics(run / 'metrics.csv')
+    assert [r['step'] for r in rows] == [5, 10] and all(np.isfinite(r['val_loss']) for r in rows)
+    provenance = json.loads((run / 'checkpoints' / 'latest' / 'config.json').read_text())['provenance']
+    assert provenance['teacher'] == str(teacher.resolve()) and provenance['distill']['student_steps'] == student_steps
+    # resume continues the same distillation (teacher and settings from the run)
+    assert cli_main(['distill', '--resume', str(run), '--steps', '12', '--no-progress']) == 0
+    assert read_metrics(run / 'metrics.csv')[-1]['step'] == 12
+
+
+def test_distill_refuses_a_missing_teacher_with_one_line(tmp_path, capsys):
+    assert cli_main(['distill', '--teacher', str(tmp_path / 'nope'), '--data', str(tmp_path), '--out',
+                     str(tmp_path / 'run')]) == 2
+    assert 'dp-ros distill: error' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_one_step_student_keeps_both_modes_where_the_teachers_own_one_step_ddim_fails():
+    """The bimodal toy task: one observation, two demonstrated ways to act. The teacher's DDIM with one
+    step lands between the modes; the distilled one-step student samples both."""
+    teacher = train('diffusion', steps=300)
+    one_step_teacher = mode_of(teacher.predict_action({'state': torch.full((200, 2, STATE_DIM), 0.5)},
+                                                      num_inference_steps=1,
+                                                      generator=torch.Generator().manual_seed(1)))
+    student = make_student(teacher, student_steps=1)
+    loss = DistillationLoss(student, teacher, DistillSection(student_steps=1))
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=3e-3)
+    torch.manual_seed(0)
+    state = torch.full((256, 2, STATE_DIM), 0.5)
+    for _ in range(300):
+        value = loss({'state': state})
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+    modes = mode_of(sample(student))
+    assert (modes == 1).float().mean() >= 0.3 and (modes == -1).float().mean() >= 0.3, modes.tolist()
+    assert (modes != 0).float().mean() >= 0.8
+    assert (one_step_teacher != 0).float().mean() < (modes != 0).float().mean()
