@@ -38,6 +38,7 @@ from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_li
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
 from diffusion_policy_ros.core.config import ExecutionConfig
+from diffusion_policy_ros.core.runtime import make_predictor
 from diffusion_policy_ros.nodes.params import declare_parameters, unknown_given_parameters
 from diffusion_policy_ros.nodes.polled import CAMERA_QOS, JOINT_STATE_QOS, PolledSubscription
 from diffusion_policy_ros.paths import share_dir
@@ -91,7 +92,8 @@ class PolicyNodeParams:
     autostart: bool = field(default=True, metadata={'help': 'configure and activate on start-up'})
     accelerate: str = field(default='none', metadata={
         'help': "none | torch_compile (inductor, CPU or GPU) | cuda_graphs (torch.compile's 'reduce-overhead' "
-                'mode: the denoiser step replayed as a CUDA graph; needs device cuda)'})
+                'mode: the denoiser step replayed as a CUDA graph; needs device cuda) | onnxruntime (the whole '
+                'chunk sampling as one ONNX Runtime graph, CPU; built at configure)'})
     inference_delay_s: float = field(default=0.0, metadata={
         'help': 'extra latency injected into every inference (testing latency compensation)'})
     diagnostics_rate_hz: float = 1.0
@@ -153,6 +155,7 @@ class PolicyNode(ReleasingLifecycleNode):
         self._generator = None  # seeded sampling noise (`seed` > 0)
         self._policy = None
         self._stream = None  # a CUDA stream for inference when on the GPU
+        self._predictor = None  # the policy, or its accelerated runtime (core.runtime.make_predictor)
         self.device = 'cpu'
         self._published = 0
         self._publish_times: list[float] = []
@@ -176,7 +179,6 @@ class PolicyNode(ReleasingLifecycleNode):
             torch.set_num_threads(p.torch_threads)
         path = resolve_checkpoint(p.checkpoint)
         self._policy = load_checkpoint(path, device=self.device)
-        self._accelerate(p.accelerate)
         cfg, obs_spec = self._policy.cfg, self._policy.obs_spec
         joints = list(self._policy.action_spec.joint_names)
         camera_topics = [t for t in p.camera_topics if t]  # [''] (old params files' "none") is empty
@@ -198,6 +200,11 @@ class PolicyNode(ReleasingLifecycleNode):
         if p.velocity_scale != 1.0:
             limits = limits.scaled(p.velocity_scale)
         self.execution = execution = self._execution(cfg, path)
+        import torch
+        # On CUDA inference runs on its own stream, so it does not queue behind other work.
+        self._stream = torch.cuda.Stream() if self.device.startswith('cuda') else None
+        self._predictor = make_predictor(self._policy, p.accelerate, self.device, execution.num_inference_steps,
+                                         p.torch_threads or 1)
         self.period = execution.control_period_s
         self.image_shape = tuple(obs_spec.image_shape)
         self._generator = None
@@ -240,23 +247,6 @@ class PolicyNode(ReleasingLifecycleNode):
         for name, (theirs, ours) in execution.changed_from(checkpoint).items():
             self.get_logger().warning(f'{name} {ours} overrides the checkpoint\'s {theirs}')
         return execution
-
-    def _accelerate(self, how: str) -> None:
-        """Optional compilation of the denoiser (the part run num_inference_steps times per chunk); the
-        warm-up at activate pays the compile time. On CUDA, inference runs on its own stream so it
-        does not queue behind other work on the default stream."""
-        import torch
-        self._stream = torch.cuda.Stream() if self.device.startswith('cuda') else None
-        if how not in ('none', 'torch_compile', 'cuda_graphs'):
-            raise ValueError(f'accelerate must be none, torch_compile or cuda_graphs, got {how!r}')
-        if how == 'none':
-            return
-        if not hasattr(self._policy, 'denoiser'):
-            raise ValueError(f'accelerate {how} applies to diffusion policies; this checkpoint is {self._policy.cfg.policy}')
-        if how == 'cuda_graphs' and self._stream is None:
-            raise ValueError('accelerate cuda_graphs needs device cuda')
-        mode = 'reduce-overhead' if how == 'cuda_graphs' else 'default'
-        self._policy.denoiser = torch.compile(self._policy.denoiser, mode=mode, dynamic=False)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
@@ -305,7 +295,7 @@ class PolicyNode(ReleasingLifecycleNode):
             self.destroy_publisher(self._pub)
             self._pub = None
         self.controller = None
-        self._policy = None
+        self._policy = self._predictor = None
 
     # ------------------------------------------------------------------ inputs
     def _now(self) -> float:
@@ -348,10 +338,10 @@ class PolicyNode(ReleasingLifecycleNode):
             time.sleep(self.params.inference_delay_s)
         steps = self.execution.num_inference_steps
         if self._stream is None:
-            return self._policy.predict_action_chunk(obs, num_inference_steps=steps, generator=self._generator)
+            return self._predictor.predict_action_chunk(obs, num_inference_steps=steps, generator=self._generator)
         import torch
         with torch.cuda.stream(self._stream):  # the numpy result is copied back, which synchronises
-            return self._policy.predict_action_chunk(obs, num_inference_steps=steps, generator=self._generator)
+            return self._predictor.predict_action_chunk(obs, num_inference_steps=steps, generator=self._generator)
 
     def _example_observation(self) -> dict[str, np.ndarray]:
         h, w = self.image_shape
