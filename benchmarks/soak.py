@@ -330,9 +330,12 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     _set_sim_parameters(node, {'seed': seed})
     _call_service(node, Trigger, '/sim_robot_node/reset', Trigger.Request())
     cycle = 0
+    rss_samples: list[dict] = []  # one per cycle: growth that levels off is warm-up, growth that goes on leaks
     try:
         while time.monotonic() < deadline:
             cycle_start = time.monotonic()
+            rss_samples.append({'t_s': round(cycle_start - started, 1),
+                                **{name: round(rss_mb(pid), 1) for name, pid in pids().items()}})
             if cycle % HOG_EVERY_CYCLES == 2 and hog is None:
                 hog = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
                 records.append(FaultRecord('cpu_hog', time.monotonic(), time.monotonic() + CYCLE_S))
@@ -431,21 +434,26 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         'rss_mb_start': {k: round(v, 1) for k, v in rss_start.items()},
         'rss_mb_end': {k: round(v, 1) for k, v in rss_end.items()},
         'rss_growth_mb': {k: round(rss_end[k] - rss_start[k], 1) for k in rss_end if k in rss_start},
+        # from the end of the first fault cycle (every fault and code path has run once) to the end
+        'rss_growth_after_first_cycle_mb': ({k: round(rss_end[k] - rss_samples[1][k], 1) for k in rss_end
+                                             if k in rss_samples[1]} if len(rss_samples) > 1 else None),
+        'rss_mb_per_cycle': rss_samples,
         'diagnostic_reasons': dict(monitor.reasons.most_common(30)),
         'targets': 'outside limits 0, into collision 0, gaps 0, hold and recovery <= 1 s, RSS growth < 5 MB',
     }
     (out / 'soak.json').write_text(json.dumps(result, indent=2))
-    plot_timeline(out / 'soak_timeline.png', started, records, policy_out, monitor.violations, gaps)
+    plot_timeline(out / 'soak_timeline.png', started, records, policy_out, monitor.violations, gaps, rss_samples)
     print(json.dumps(result, indent=2), flush=True)
     os._exit(0 if not failed else 1)
 
 
-def plot_timeline(path: Path, started: float, records, policy_out, violations, gaps) -> None:
+def plot_timeline(path: Path, started: float, records, policy_out, violations, gaps, rss_samples) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     names = sorted({r.name for r in records})
-    fig, ax = plt.subplots(figsize=(14, 0.4 * len(names) + 2.5))
+    fig, (ax, rss_ax) = plt.subplots(2, 1, figsize=(14, 0.4 * len(names) + 5.5), sharex=True,
+                                     gridspec_kw={'height_ratios': [0.4 * len(names) + 2.5, 3]})
     for row, name in enumerate(names):
         spans = [(r.start - started, max(r.end - r.start, 0.2)) for r in records if r.name == name]
         ax.broken_barh(spans, (row - 0.35, 0.7), color='tab:orange')
@@ -459,10 +467,14 @@ def plot_timeline(path: Path, started: float, records, policy_out, violations, g
     for g in gaps:
         ax.axvline(g['at_s'], color='tab:purple', linewidth=1, linestyle=':')
     ax.set_yticks(range(len(names) + 1), [*names, 'policy output'])
-    ax.set_xlabel('seconds')
+    rss_ax.set_xlabel('seconds')
     ax.set_title(f'soak: faults (orange), policy output, violations ({len(violations)}, black), '
                  f'command gaps ({len(gaps)}, purple)')
     ax.legend(loc='upper right', fontsize=7)
+    for name in sorted({k for sample in rss_samples for k in sample} - {'t_s'}):
+        rss_ax.plot([r['t_s'] for r in rss_samples], [r.get(name, np.nan) for r in rss_samples], marker='.', label=name)
+    rss_ax.set_ylabel('RSS (MB)')
+    rss_ax.legend(loc='upper left', fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
