@@ -57,8 +57,8 @@ def test_eval_cli_reports_dp_beside_bc_on_the_same_seeds(checkpoints, tmp_path, 
     printed = json.loads(capsys.readouterr().out)
     written = json.loads((out / 'eval.json').read_text())
     assert printed == written
-    assert set(written['policies']) == {'dp', 'bc'} and written['seeds'] == [1000, 1001]
-    dp, bc = written['policies']['dp'], written['policies']['bc']
+    assert set(written['policies']) == {'policy', 'baseline'} and written['seeds'] == [1000, 1001]
+    dp, bc = written['policies']['policy'], written['policies']['baseline']
     assert dp['policy_kind'] == 'diffusion' and bc['policy_kind'] == 'bc'
     assert dp['num_inference_steps'] == PolicyConfig.tiny().sampler.num_inference_steps  # the checkpoint's
     assert bc['num_inference_steps'] is None  # BC does not sample
@@ -67,7 +67,7 @@ def test_eval_cli_reports_dp_beside_bc_on_the_same_seeds(checkpoints, tmp_path, 
         assert report['inference_latency_s']['count'] > 0 and report['inference_latency_s']['p50'] > 0
         assert report['episodes'][0]['info']['task'] == 'pick_place'
         assert report['reach_around'] is None
-    for name in ('dp', 'bc'):
+    for name in ('policy', 'baseline'):
         frames = iio.imread(out / f'episode_{name}.gif', index=None)
         assert frames.shape[1:] == (192, 192, 3)
 

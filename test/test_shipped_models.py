@@ -11,7 +11,8 @@ from diffusion_policy_ros.sim.evaluate import evaluate
 MODELS = Path(__file__).resolve().parents[1] / 'models'
 
 
-@pytest.mark.parametrize('name', ['reach_around', 'reach_around_bc', 'pick_place'])
+@pytest.mark.parametrize('name', ['reach_around', 'reach_around_bc', 'pick_place', 'pick_place_fast',
+                                  'reach_around_fast'])
 def test_shipped_checkpoint_has_weights_config_and_commands(name):
     folder = MODELS / name
     policy = load_checkpoint(folder)
@@ -20,8 +21,9 @@ def test_shipped_checkpoint_has_weights_config_and_commands(name):
     assert (folder / 'model.safetensors').stat().st_size < 12 * 2**20  # small enough for git
 
 
-def test_reach_around_diffusion_policy_succeeds_both_ways():
-    report = evaluate(MODELS / 'reach_around', 'reach_around', episodes=10, seed=2000, latency_s=0.1)
+@pytest.mark.parametrize('name', ['reach_around', 'reach_around_fast'])
+def test_reach_around_diffusion_policy_succeeds_both_ways(name):
+    report = evaluate(MODELS / name, 'reach_around', episodes=10, seed=2000, latency_s=0.1)
     summary = report.to_dict()
     sides = summary['reach_around']['success_sides']
     assert summary['success_rate'] >= 0.8, json.dumps(summary['reach_around'])
@@ -47,3 +49,22 @@ def test_an_untrained_policy_fails_the_same_evaluation():
             module.reset_parameters()
     report = evaluate(policy, 'reach_around', episodes=4, seed=2000, latency_s=0.1)
     assert report.to_dict()['success_rate'] < 0.8
+
+
+@pytest.mark.parametrize('student, teacher', [('pick_place_fast', 'pick_place'), ('reach_around_fast', 'reach_around')])
+def test_students_sample_in_one_evaluation_with_their_teachers_network(student, teacher):
+    """A distilled student is an ordinary checkpoint: one network evaluation, clean-chunk prediction,
+    the teacher's windows, normaliser and execution settings (so every consumer runs it unchanged)."""
+    s, t = load_checkpoint(MODELS / student), load_checkpoint(MODELS / teacher)
+    assert (s.cfg.sampler.kind, s.cfg.sampler.num_inference_steps, s.cfg.sampler.prediction_type) == ('ddim', 1, 'sample')
+    assert (s.cfg.horizon, s.cfg.n_obs_steps, s.obs_spec, s.action_spec) == (t.cfg.horizon, t.cfg.n_obs_steps,
+                                                                             t.obs_spec, t.action_spec)
+    assert s.cfg.execution == t.cfg.execution
+    assert sum(p.numel() for p in s.parameters()) == sum(p.numel() for p in t.parameters())
+
+
+def test_pick_place_student_picks_and_places_in_one_step():
+    """The shipped 1-step student on the CI seeds (held out from its demonstrations and its distillation)."""
+    report = evaluate(MODELS / 'pick_place_fast', 'pick_place', episodes=6, seed=2000, latency_s=0.1).to_dict()
+    outcomes = [(e['seed'], e['success']) for e in report['episodes']]
+    assert sum(e['success'] for e in report['episodes']) >= 5, outcomes

@@ -578,7 +578,7 @@ def run(args: argparse.Namespace) -> int:
                           gif_path=None if gif_dir is None else gif_dir / 'episode.gif', **kwargs)
         document = report.to_dict()
     else:
-        document = compare({'dp': args.checkpoint, 'bc': args.baseline}, args.task, args.episodes, args.seed,
+        document = compare({'policy': args.checkpoint, 'baseline': args.baseline}, args.task, args.episodes, args.seed,
                            out_dir=gif_dir, **kwargs)
     text = json.dumps(document, indent=1, allow_nan=False)
     print(text)
