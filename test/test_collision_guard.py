@@ -349,3 +349,18 @@ def hand_position(model, q):
     data = model.model.createData()
     pin.framesForwardKinematics(model.model, data, np.asarray(q, dtype=float))
     return data.oMf[model.model.getFrameId('panda_hand')].translation.copy()
+
+
+def test_a_hold_at_a_measurement_just_outside_a_limit_commands_the_limit(panda):
+    """Found by the 30-minute soak: the sim's gripper read -0.0024 m (lower limit 0), within the
+    measurement tolerance, and the guard's hold sent that reading on as a command outside the limits."""
+    measured = dict(MEASURED, panda_finger_joint1=-0.0024, panda_joint4=panda.limits.upper[3] + 0.003)
+    guard = make_guard(panda)
+    duplicated = TrajectoryChunk(('panda_joint1', 'panda_joint1'), np.zeros((1, 2)), np.array([0.1]))
+    decision = guard.review(measured, duplicated, now_s=0.0)
+    assert decision.action == 'reject' and decision.trajectory is not None
+    hold = decision.trajectory
+    columns = [PANDA_JOINTS.index(n) for n in hold.joint_names]
+    assert np.all(hold.positions >= panda.limits.lower[columns]) and np.all(hold.positions <= panda.limits.upper[columns])
+    assert hold.positions[0, hold.joint_names.index('panda_finger_joint1')] == 0.0
+    assert hold.positions[0, hold.joint_names.index('panda_joint4')] == pytest.approx(panda.limits.upper[3])

@@ -361,6 +361,10 @@ class CollisionGuard:
             return None
         if not np.isfinite(position).all():
             return None
+        # A measurement may sit a little outside a limit (sensor noise within the measurement rules'
+        # tolerance, a gripper reading -0.002 m): the hold commands the nearest position within them.
+        columns = _joint_columns(self.checker.joint_names, names)
+        position = np.clip(position, self.checker.lower[columns], self.checker.upper[columns])
         return TrajectoryChunk(tuple(names), position, np.array([self.hold_time_s]))
 
 
