@@ -25,18 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from diffusion_policy_ros.core.checkpoint import load_checkpoint  # noqa: E402
 from diffusion_policy_ros.core.runtime import make_predictor  # noqa: E402
+from policy_latency import example_window  # noqa: E402  (benchmarks/, beside this script)
 
 TEACHER = ROOT / 'models' / 'pick_place'
 STUDENT = ROOT / 'models' / 'pick_place_fast'
-
-
-def example_window(policy, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    spec, n_obs = policy.obs_spec, policy.cfg.n_obs_steps
-    window = {key: rng.integers(0, 255, (n_obs, *spec.image_shape, 3), dtype=np.uint8) for key in spec.camera_keys}
-    stats = policy.normalizer.stats('state')
-    window['state'] = rng.uniform(stats['min'], stats['max'], (n_obs, len(stats['min']))).astype(np.float32)
-    return window
 
 
 def latency(fn: Callable[[], object], rounds: int) -> dict[str, float]:
@@ -62,7 +54,7 @@ def check_inference(rounds: int) -> dict:
     for path in (TEACHER, STUDENT):
         if not (path / 'config.json').is_file():
             continue
-        window = example_window(load_checkpoint(path))
+        window = example_window(load_checkpoint(path), np.random.default_rng(0))
         cpu = load_checkpoint(path, device='cpu')
         gpu = load_checkpoint(path, device='cuda')
         # The noise is drawn on each device's generator, so compare the deterministic part: one shared noise.
@@ -86,7 +78,7 @@ def check_cuda_graphs(rounds: int) -> dict:
         if not (path / 'config.json').is_file():
             continue
         eager = load_checkpoint(path, device='cuda')
-        window = example_window(eager)
+        window = example_window(eager, np.random.default_rng(0))
         graphs = make_predictor(load_checkpoint(path, device='cuda'), 'cuda_graphs', device='cuda')
         diff = float(np.abs(chunk(graphs, window) - chunk(eager, window)).max())
         if diff > 1e-3:
