@@ -1,8 +1,12 @@
 """Shared pytest set-up.
 
 Each pytest process takes a ROS_DOMAIN_ID no other process on this machine holds (an advisory lock
-file per domain, kept until the process exits), so DDS tests of concurrent runs (two checkouts, CI and
-a developer) never see each other's topics; node subprocesses inherit it. Discovery stays on loopback,
+file per domain, kept until released or the process exits), so DDS tests of concurrent runs (two
+checkouts, CI and a developer) never see each other's topics; node subprocesses inherit it. Each DDS
+test module (marked `ros`) then runs in a domain of its own, with a fresh rclpy context and stale Fast
+DDS shared memory cleaned first: a node started by one module never reuses a port number that a dead
+node of an earlier module held while the test process still has that port open (CI once saw a guard
+hear nothing from the sim for 60 s that way; eProsima/Fast-DDS#4728). Discovery stays on loopback,
 and the package's DDS profile applies as it does under env.sh and bringup.
 """
 import fcntl
@@ -10,14 +14,17 @@ import os
 import sys
 import tempfile
 
+import pytest
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DOMAIN_LOCKS = os.path.join(tempfile.gettempdir(), 'diffusion_policy_ros_domains')
 
 
-def _claim_domain_id() -> int:
-    """The first free domain in 1..100 (0 is everyone's default), starting at a PID-dependent one."""
+def _claim_domain_id(after: int | None = None) -> tuple[int, object]:
+    """The first free domain in 1..100 (0 is everyone's default) and its held lock, starting after
+    `after` or at a PID-dependent one."""
     os.makedirs(_DOMAIN_LOCKS, exist_ok=True)
-    start = os.getpid() % 100
+    start = os.getpid() % 100 if after is None else after
     for offset in range(100):
         domain = 1 + (start + offset) % 100
         handle = open(os.path.join(_DOMAIN_LOCKS, f'{domain}.lock'), 'w')
@@ -26,12 +33,39 @@ def _claim_domain_id() -> int:
         except OSError:
             handle.close()
             continue
-        _claim_domain_id.handle = handle  # held open (and locked) for the life of this process
-        return domain
+        return domain, handle  # the lock is held while the handle is open
     raise RuntimeError(f'all ROS domains 1-100 are held by other test processes ({_DOMAIN_LOCKS})')
 
 
-os.environ['ROS_DOMAIN_ID'] = str(_claim_domain_id())
+_PROCESS_DOMAIN, _PROCESS_DOMAIN_LOCK = _claim_domain_id()
+_last_domain = _PROCESS_DOMAIN
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _dds_domain_per_module(request):
+    """A fresh domain, rclpy context and cleaned shared memory for every module marked `ros`."""
+    global _last_domain
+    if request.node.get_closest_marker('ros') is None:
+        yield
+        return
+    from diffusion_policy_ros.nodes.dds import clean_stale_shared_memory
+    import rclpy
+    if rclpy.ok():
+        rclpy.shutdown()
+    clean_stale_shared_memory()
+    domain, lock = _claim_domain_id(after=_last_domain)
+    _last_domain = domain
+    os.environ['ROS_DOMAIN_ID'] = str(domain)
+    try:
+        yield domain
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+        os.environ['ROS_DOMAIN_ID'] = str(_PROCESS_DOMAIN)
+        lock.close()
+
+
+os.environ['ROS_DOMAIN_ID'] = str(_PROCESS_DOMAIN)
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(_ROOT, 'config', 'dds', 'fastdds.xml'))
 if sys.prefix not in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):

@@ -28,7 +28,7 @@ BOX_CENTER, BOX_SIZE = (0.72, 0.0, 0.10), (0.16, 0.16, 0.12)
 
 
 def box_marker() -> MarkerArray:
-    marker = Marker(ns='test', id=1, type=Marker.CUBE, action=Marker.ADD, text='test_box')
+    marker = Marker(ns='perception', id=1, type=Marker.CUBE, action=Marker.ADD, text='test_box')
     marker.header.frame_id = 'panda_link0'
     marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = BOX_CENTER
     marker.pose.orientation.w = 1.0
@@ -72,18 +72,20 @@ def test_arm_never_enters_an_obstacle_added_to_the_scene():
     scene_pub = node.create_publisher(MarkerArray, '/collision_scene', latched)
     try:
         wait_for(lambda: guard_diag.get('scene_objects') is not None or not guard.alive(), 90, 'guard diagnostics')
-        # A fresh episode (its reset republishes the sim's own scene, DELETEALL first, which would remove
-        # a box added before it), then the box: the arm needs ~2 s to get near the target.
+        # The box first, as a perception node would add it (its own ns: the sim's reset republishes only
+        # the sim's scene), and only then a fresh episode: the arm starts at home, outside the box, so
+        # however late a loaded machine runs the nodes, every state recorded must be outside it.
+        scene_pub.publish(box_marker())
+        wait_for(lambda: 'test_box' in guard_diag.get('scene_objects', ''), 30,
+                 f'the guard to take the box into its scene (diagnostics {guard_diag})')
         from std_srvs.srv import Trigger
         reset = node.create_client(Trigger, '/sim_robot_node/reset')
         assert reset.wait_for_service(timeout_sec=30)
         episode = status.get('episode', 0)
-        recording.set()
         reset.call_async(Trigger.Request())
         wait_for(lambda: status.get('episode', 0) > episode, 30, 'the episode to restart')
-        scene_pub.publish(box_marker())
-        wait_for(lambda: 'test_box' in guard_diag.get('scene_objects', ''), 30,
-                 f'the guard to take the box into its scene (diagnostics {guard_diag})')
+        recording.set()
+        wait_for(lambda: 'test_box' in guard_diag.get('scene_objects', ''), 5, 'the box to outlive the reset')
         wait_for(lambda: status.get('done') or not (sim.alive() and policy.alive() and guard.alive()),
                  120, 'the episode to end')
         recording.clear()

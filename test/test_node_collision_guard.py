@@ -467,8 +467,9 @@ def test_a_misspelt_parameter_fails_configure_with_its_name(robot):
 
 
 # ---------------------------------------------------------------------- pure helpers
-def _marker(name, marker_type, scale, position=(0.5, 0.0, 0.3), action=Marker.ADD, frame='panda_link0', id=0):
-    marker = Marker(ns='obstacles', id=id, type=marker_type, action=action, text=name)
+def _marker(name, marker_type, scale, position=(0.5, 0.0, 0.3), action=Marker.ADD, frame='panda_link0', id=0,
+            ns='obstacles'):
+    marker = Marker(ns=ns, id=id, type=marker_type, action=action, text=name)
     marker.header.frame_id = frame
     marker.scale.x, marker.scale.y, marker.scale.z = scale
     marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = position
@@ -512,3 +513,17 @@ def test_marker_scene_overlays_the_params_file_and_keeps_its_padding():
     assert not markers.apply([]).changed
     update = markers.apply([Marker(ns='nobody', id=9, action=Marker.DELETE)])
     assert not update.changed and 'unknown marker' in update.ignored[0]
+
+
+def test_a_deleteall_with_a_namespace_clears_only_that_namespace():
+    """The sim republishes its scene (DELETEALL of its ns) at every reset: an obstacle a perception
+    node added under another ns must survive it, or the guard would forget a real obstacle."""
+    scene = Scene()
+    markers = MarkerScene(scene, [], ['panda_link0'])
+    markers.apply([_marker('table', Marker.CUBE, (1.0, 1.0, 0.05), ns='sim_scene', id=0),
+                   _marker('person', Marker.CYLINDER, (0.4, 0.4, 1.8), ns='perception', id=0)])
+    update = markers.apply([Marker(ns='sim_scene', action=Marker.DELETEALL),
+                            _marker('table2', Marker.CUBE, (1.0, 1.0, 0.05), ns='sim_scene', id=0)])
+    assert update.changed and sorted(o.name for o in scene.objects()) == ['person', 'table2']
+    markers.apply([Marker(action=Marker.DELETEALL)])  # no ns: everything markers added
+    assert list(scene.objects()) == []

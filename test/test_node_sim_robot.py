@@ -53,8 +53,9 @@ def test_scene_markers_follow_solid_primitive_sizes_and_clear_the_old_scene():
                SceneObject('ball', 'sphere', (0.05,), (0.5, 0.1, 0.2, 0, 0, 0, 1)),
                SceneObject('post', 'cylinder', (0.3, 0.02), (0.4, -0.2, 0.15, 0, 0, 0.7071068, 0.7071068))]
     markers = scene_markers(objects, 'panda_link0', Time(sec=3)).markers
-    assert markers[0].action == Marker.DELETEALL
-    by_name = {m.ns: m for m in markers[1:]}
+    assert (markers[0].action, markers[0].ns) == (Marker.DELETEALL, 'sim_scene')  # only the sim's own
+    assert {m.ns for m in markers} == {'sim_scene'}
+    by_name = {m.text: m for m in markers[1:]}
     assert all(m.header.frame_id == 'panda_link0' and m.action == Marker.ADD and m.color.a > 0 for m in markers[1:])
     assert (by_name['table'].type, by_name['table'].scale.x, by_name['table'].scale.z) == (Marker.CUBE, 1.3, 0.05)
     assert by_name['ball'].type == Marker.SPHERE and by_name['ball'].scale.y == pytest.approx(0.1)
@@ -255,7 +256,7 @@ def sim():
 def test_scene_and_status_are_latched_at_start(sim):
     scene = sim.scene.wait_for(lambda m: True, 'the latched /collision_scene', sim.proc)
     assert scene.markers[0].action == Marker.DELETEALL
-    table = [m for m in scene.markers if m.ns == 'table']
+    table = [m for m in scene.markers if m.text == 'table']
     assert len(table) == 1 and table[0].type == Marker.CUBE and table[0].header.frame_id == 'panda_link0'
     assert table[0].pose.position.z < 0 < table[0].scale.z  # the table top is the z = 0 plane
     status = sim.status.wait_for(lambda m: True, 'the latched task status', sim.proc)
@@ -356,7 +357,7 @@ def test_malformed_commands_are_rejected_and_the_arm_keeps_its_command(sim):
 
 
 def _obstacle(scene: MarkerArray):
-    found = [m for m in scene.markers if m.ns == 'obstacle']
+    found = [m for m in scene.markers if m.text == 'obstacle']
     return found[0] if found else None
 
 
@@ -383,7 +384,7 @@ def test_reset_with_another_task_and_seed_changes_the_scene_and_counts_episodes(
     status = sim.status.wait_for(lambda s: s['episode'] == episode + 2, 'the status of episode +2', sim.proc)
     assert (status['task'], status['seed']) == ('pick_place', 5)
     last = sim.scene.wait_for(lambda m: True, 'the scene of episode +2', sim.proc, after=scenes)
-    assert _obstacle(last) is None and [m.ns for m in last.markers[1:]] == ['table']
+    assert _obstacle(last) is None and [m.text for m in last.markers[1:]] == ['table']
     first_status = sim.status.wait_for(lambda s: s['episode'] == 1, 'the first status', sim.proc)
     cube_seed0, cube_seed5 = first_status['info']['cube_position'], status['info']['cube_position']
     assert np.linalg.norm(np.subtract(cube_seed0, cube_seed5)[:2]) > 1e-3, 'another seed should move the cube'

@@ -58,7 +58,7 @@ class MarkerScene:
 
     ADD (= MODIFY) adds or replaces by name, keeping the params file's per-object padding for that
     name (a marker has no padding field: the table the gripper may touch stays unpadded). DELETE and
-    DELETEALL remove what markers added; a params-file object a marker had replaced comes back, so the
+    DELETEALL (all, or one ns) remove what markers added; a params-file object a marker had replaced comes back, so the
     configured static environment cannot be switched off from a topic. Each MarkerArray is applied to
     the Scene in one atomic step.
     """
@@ -76,9 +76,12 @@ class MarkerScene:
         for marker in markers:
             key = (marker.ns, marker.id)
             if marker.action == DELETEALL:
-                applied += bool(self._from_markers)
-                self._from_markers.clear()
-                self._name_of.clear()
+                # The message definition: all objects, or only those of the marker's ns when it has one,
+                # so the sim's republished scene never clears what a perception node added.
+                doomed = [k for k in self._name_of if not marker.ns or k[0] == marker.ns]
+                applied += bool(doomed)
+                for k in doomed:
+                    self._from_markers.pop(self._name_of.pop(k), None)
             elif marker.action == DELETE:
                 name = self._name_of.pop(key, None)
                 if name is None or self._from_markers.pop(name, None) is None:

@@ -24,7 +24,7 @@ import rclpy
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 
-from diffusion_policy_ros.nodes.dds import apply_dds_profile
+from diffusion_policy_ros.nodes.dds import apply_dds_profile, clean_stale_shared_memory
 from diffusion_policy_ros.nodes.params import load_params_file
 from diffusion_policy_ros.paths import share_dir
 
@@ -94,6 +94,7 @@ class BringUp:
         self._node = None
 
     def start(self) -> None:
+        print(f'[bringup] {clean_stale_shared_memory()}', file=self.log or sys.stdout, flush=True)
         for launch in self.launches:
             # The whole environment goes to the child: the ROS wheels' bootstrap needs LD_LIBRARY_PATH.
             proc = subprocess.Popen(launch.command(), env=os.environ.copy(), stdout=subprocess.PIPE,

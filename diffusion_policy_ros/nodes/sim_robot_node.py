@@ -132,18 +132,22 @@ _SCENE_COLORS = {'table': (0.62, 0.5, 0.38, 1.0)}
 _DEFAULT_COLOR = (0.8, 0.2, 0.15, 1.0)
 
 
+SCENE_MARKER_NS = 'sim_scene'
+
+
 def scene_markers(objects: list[Any], frame_id: str, stamp: Any) -> MarkerArray:
     """Markers of scene objects (shape_msgs/SolidPrimitive sizes: box (x, y, z) full edges, sphere
-    (radius,), cylinder (height, radius)); a DELETEALL first, so every array replaces the whole scene.
+    (radius,), cylinder (height, radius)); a DELETEALL of namespace SCENE_MARKER_NS first, so every array
+    replaces the sim's scene and leaves markers other publishers added (another ns) in place.
 
-    Each marker carries the object's name in `ns` and `text`; poses are (x, y, z, qx, qy, qz, qw).
+    Each marker carries the object's name in `text`; poses are (x, y, z, qx, qy, qz, qw).
     """
-    clear = Marker(action=Marker.DELETEALL)
+    clear = Marker(ns=SCENE_MARKER_NS, action=Marker.DELETEALL)
     clear.header.frame_id = frame_id
     clear.header.stamp = stamp
     markers = [clear]
     for index, obj in enumerate(objects):
-        marker = Marker(ns=obj.name, id=index, action=Marker.ADD, text=obj.name)
+        marker = Marker(ns=SCENE_MARKER_NS, id=index, action=Marker.ADD, text=obj.name)
         marker.header.frame_id = frame_id
         marker.header.stamp = stamp
         size = [float(v) for v in obj.size]
