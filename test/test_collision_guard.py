@@ -364,3 +364,49 @@ def test_a_hold_at_a_measurement_just_outside_a_limit_commands_the_limit(panda):
     assert np.all(hold.positions >= panda.limits.lower[columns]) and np.all(hold.positions <= panda.limits.upper[columns])
     assert hold.positions[0, hold.joint_names.index('panda_finger_joint1')] == 0.0
     assert hold.positions[0, hold.joint_names.index('panda_joint4')] == pytest.approx(panda.limits.upper[3])
+
+
+def test_an_obstacle_arriving_on_the_executing_trajectory_cuts_it_before_the_contact(panda):
+    """Issue 15: the scene changes while the arm executes a checked chunk and no new chunk comes.
+    recheck() cuts the rest of the chunk at its last safe waypoint at once and asks for a fallback;
+    while the rest is free, or once the chunk has ended, it does nothing."""
+    guard = make_guard(panda, objects=())
+    chunk = chunk_towards(HOME + np.eye(8)[0] * 1.2)
+    assert guard.check(MEASURED, chunk, now_s=0.0).action == 'pass'
+    guard.record_sent(chunk, started_s=0.0)
+    now = 0.35  # the arm is between points 3 and 4 of 16
+    measured = dict(zip(PANDA_JOINTS, chunk.positions[2]))
+    assert guard.recheck(measured, now) is None  # nothing changed: the rest is free
+
+    hand = hand_position(panda, chunk.positions[13])
+    guard.checker.scene.set_objects([SceneObject('arrived', 'sphere', (0.04,), tuple(hand))])
+    decision = guard.recheck(measured, now)
+    assert decision is not None and decision.action == 'replace', decision
+    assert 'scene changed' in decision.reason and guard.counters.executing_blocked == 1
+    cut = decision.trajectory
+    ahead = chunk.time_from_start > now
+    kept = len(cut.positions)
+    assert 1 <= kept < ahead.sum()  # stops short of the sphere, keeps the safe part
+    np.testing.assert_array_equal(cut.positions, chunk.positions[ahead][:kept])
+    np.testing.assert_allclose(cut.time_from_start, chunk.time_from_start[ahead][:kept] - now)
+    start = np.array(chunk.positions[2])
+    assert guard.checker.check_path(start, cut.positions, guard.max_joint_step).valid
+    assert not guard.checker.check_path(start, chunk.positions[ahead], guard.max_joint_step).valid
+
+    planned = guard.plan(decision.plan_request)  # the fallback is not superseded by the cut itself
+    assert planned is not None and planned.action in ('replace', 'hold'), planned
+    if planned.action == 'replace':
+        assert guard.checker.check_path(start, planned.trajectory.positions, guard.max_joint_step).valid
+    assert guard.recheck(measured, now_s=5.0) is None  # the executing chunk has ended
+
+
+def test_an_obstacle_on_the_very_next_step_of_the_executing_trajectory_holds(panda):
+    guard = make_guard(panda, objects=())
+    chunk = chunk_towards(HOME + np.eye(8)[0] * 1.2)
+    guard.record_sent(chunk, started_s=0.0)
+    measured = dict(zip(PANDA_JOINTS, chunk.positions[2]))
+    hand = hand_position(panda, chunk.positions[3])
+    guard.checker.scene.set_objects([SceneObject('arrived', 'sphere', (0.03,), tuple(hand))])
+    decision = guard.recheck(measured, now_s=0.3)
+    assert decision.action in ('replace', 'hold') and len(decision.trajectory.positions) == 1
+    np.testing.assert_allclose(decision.trajectory.positions[0], chunk.positions[2])

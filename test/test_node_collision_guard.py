@@ -455,6 +455,35 @@ def test_marker_added_at_run_time_blocks_a_free_chunk_until_it_is_deleted(guard_
     np.testing.assert_array_equal(positions(robot.propose(proposed)), positions(proposed))
 
 
+def test_a_marker_arriving_on_the_executing_chunk_cuts_it_without_a_new_proposal(guard_node, robot):
+    """Issue 15: a crate appears where the arm is still going (a 16 s chunk, sent a moment ago). The guard
+    re-checks what is executing on the scene update and sends the chunk cut at its last safe point,
+    with no new proposal; /diagnostics counts it and times the reaction."""
+    end_any_fallback(robot)
+    slow = trajectory(HOME + np.eye(8)[0] * -0.6 + np.eye(8)[3] * 0.2, dt=1.0, stamp_s=time.time())
+    np.testing.assert_array_equal(positions(robot.propose(slow)), positions(slow))
+    with robot._lock:
+        count = len(robot.commands)
+    crate = Marker(ns='crates', id=5, type=Marker.CUBE, action=Marker.ADD, text='crate')
+    crate.header.frame_id = 'panda_link0'
+    crate.pose.position.x, crate.pose.position.y, crate.pose.position.z = 0.25, -0.171, 0.685  # hand at goal
+    crate.scale.x = crate.scale.y = crate.scale.z = 0.08
+    robot.scene_pub.publish(MarkerArray(markers=[crate]))
+    try:
+        wait_for(lambda: len(robot.commands) > count, 10, 'the guard to cut the executing chunk')
+        with robot._lock:
+            cut = robot.commands[count]
+        kept = len(cut.points)
+        assert 1 <= kept < len(slow.points), 'the cut keeps the safe part and stops short of the crate'
+        np.testing.assert_array_equal(positions(cut), positions(slow)[:kept])
+        assert times(cut)[0] <= 1.0 and np.all(np.diff(times(cut)) > 0)  # re-timed from now
+        diag = robot.wait_diagnostics(lambda d: int(d['executing_blocked']) >= 1, 'the cut counted')
+        assert float(diag['output_latency_scene_p99_ms']) > 0 and 'scene changed' in guard_node.output
+    finally:
+        robot.scene_pub.publish(MarkerArray(markers=[Marker(ns='crates', id=5, action=Marker.DELETE)]))
+        robot.wait_diagnostics(lambda d: 'crate' not in d['scene_objects'].split(','), 'the crate gone')
+
+
 def test_a_misspelt_parameter_fails_configure_with_its_name(robot):
     proc = NodeProcess('diffusion_policy_ros.nodes.collision_guard_node',
                        extra_args=['-p', 'max_joint_stp:=0.01', '-p', 'diagnostics_rate_hz:=5.0'])

@@ -98,6 +98,7 @@ class GuardCounters:
     planning_failures: int = 0
     plans_superseded: int = 0  # plans finished after a newer decision had been sent: not sent
     holds: int = 0
+    executing_blocked: int = 0  # trajectories cut while executing, because the scene changed
     check_latency_s: deque = field(default_factory=lambda: deque(maxlen=1000))
     planning_time_s: deque = field(default_factory=lambda: deque(maxlen=200))
 
@@ -112,11 +113,19 @@ class _ActiveFallback:
     started_s: float
 
 
+@dataclass(frozen=True)
+class _Executing:
+    chunk: TrajectoryChunk  # the last trajectory sent to the arm
+    started_s: float  # when its time_from_start counts from (its header stamp, or when it was sent)
+
+
 class CollisionGuard:
     """Passes free chunks unchanged, replaces colliding ones with a fallback plan, holds otherwise.
 
     While a fallback runs, each new chunk is checked: a free one takes over at once; a colliding one
-    lets the running fallback continue (its remainder re-checked against the current scene).
+    lets the running fallback continue (its remainder re-checked against the current scene). When the
+    scene changes, `recheck` looks at what the arm is still executing (`record_sent`) and cuts it at
+    its last safe point the moment it collides, before any new chunk is proposed.
     """
 
     def __init__(self, checker: StateChecker, planner: MotionPlanner, *,
@@ -134,6 +143,7 @@ class CollisionGuard:
         self._lock = threading.RLock()
         self._sequence = 0  # checks so far
         self._sent_sequence = 0  # the newest check whose decision was sent to the arm
+        self._executing: _Executing | None = None
 
     @property
     def fallback_active(self) -> bool:
@@ -281,6 +291,59 @@ class CollisionGuard:
         return GuardDecision('hold', self._hold(request.measured, request.names),
                              f'{request.result.reason}; no fallback within the planning budget; holding',
                              request.stats)
+
+    def record_sent(self, chunk: TrajectoryChunk, started_s: float) -> None:
+        """What the arm executes now: `chunk`, its times counted from `started_s` (guard clock)."""
+        with self._lock:
+            self._executing = _Executing(chunk, started_s)
+
+    def recheck(self, measured: Mapping[str, float], now_s: float | None = None) -> GuardDecision | None:
+        """After a scene change: None while the rest of what the arm executes is still free (or it has
+        finished). Otherwise a 'replace' with the executing trajectory cut at its last safe waypoint
+        (a hold at the measured position when even the next one is unsafe), to send at once, carrying
+        a `plan_request` for the fallback that continues from there, exactly as for a blocked chunk."""
+        now_s = self.clock() if now_s is None else now_s
+        with self._lock:
+            executing = self._executing
+        if executing is None:
+            return None
+        chunk, elapsed = executing.chunk, now_s - executing.started_s
+        times = np.asarray(chunk.time_from_start, dtype=float)
+        remaining = times > elapsed
+        start, problem = self._measured_configuration(measured)
+        if not remaining.any() or problem is not None:
+            return None  # at rest at its last point; or unmeasurable, which the next check rejects
+        names = tuple(chunk.joint_names)
+        columns = _joint_columns(self.checker.joint_names, names)
+        waypoints = np.repeat(start[None], int(remaining.sum()), axis=0)
+        waypoints[:, columns] = chunk.positions[remaining]
+        began = time.perf_counter()
+        result = self.checker.check_path(start, waypoints, self.max_joint_step)
+        stats = ReviewStats(time.perf_counter() - began, result.checked_states, result.first_colliding_index,
+                            result.colliding_pair)
+        if result.valid:
+            return None
+        with self._lock:
+            self.counters.executing_blocked += 1
+            self._sequence += 2  # one for the cut sent now, one for the plan that may follow it
+            cut_sequence, plan_sequence = self._sequence - 1, self._sequence
+            self._sent_sequence = max(self._sent_sequence, cut_sequence)
+            self._fallback = None
+        safe = result.last_safe_index if result.last_safe_index is not None else -1
+        if safe < 0:
+            with self._lock:
+                self.counters.holds += 1
+            cut, how = self._hold(measured, names), 'holding at the measured position'
+        else:
+            cut = TrajectoryChunk(names, chunk.positions[remaining][:safe + 1],
+                                  times[remaining][:safe + 1] - elapsed)
+            how = f'cut after {safe + 1} of its {int(remaining.sum())} remaining points'
+        reason = f'scene changed: the executing trajectory now collides ({result.reason}); {how}'
+        if result.first_colliding_index == -1:
+            return GuardDecision('hold', cut, reason, stats)
+        request = PlanRequest(plan_sequence, dict(measured), start, waypoints, names, columns, result, stats,
+                              now_s)
+        return GuardDecision('replace', cut, f'{reason}; planning a fallback', stats, plan_request=request)
 
     def _sent(self, sequence: int, decision: GuardDecision) -> GuardDecision:
         with self._lock:

@@ -337,7 +337,8 @@ class CollisionGuardNode(ReleasingLifecycleNode):
                 for name, position in zip(*checked):
                     self._joints[name] = (float(position), arrived_ns, stamp)
 
-    def _on_markers(self, msg: MarkerArray) -> None:
+    def _on_markers(self, msg: MarkerArray, info: MessageInfo) -> None:
+        arrived_ns = info.get('received_timestamp') or time.time_ns()
         scene = self.scene
         if scene is None:
             return
@@ -358,6 +359,33 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         if update.changed:
             self.get_logger().info(f'scene updated from {self.node_params.scene_topic}: '
                                    f'{[o.name for o in scene.scene.objects()]}', throttle_duration_sec=1.0)
+            if self.backend.name == 'moveit':  # its checks wait on responses this thread delivers
+                self.planning.submit(lambda: self._recheck_executing(arrived_ns))
+            else:
+                self._recheck_executing(arrived_ns)
+
+    def _recheck_executing(self, arrived_ns: int) -> None:
+        """What the arm still executes, against the scene just updated: cut at once when it now
+        collides, then plan the fallback on the planning thread within the budget (or hold)."""
+        guard = self.guard
+        if guard is None or not self._active:
+            return
+        measured, problem = self._measured()
+        if problem is not None:
+            return  # the next proposal is rejected for it; nothing trusted to cut from
+        try:
+            decision = guard.recheck(measured)
+        except Exception as err:  # noqa: BLE001 - a failing re-check holds the arm
+            decision = guard.reject(measured, guard.checker.joint_names, f'internal error while re-checking: {err!r}')
+        if decision is None:
+            return
+        self._act(decision, None, arrived_ns, reaction='scene')
+        request = decision.plan_request
+        if request is not None:
+            names = list(request.names)
+            self.planning.submit(lambda: self._review_job(lambda: guard.plan(request), measured, names, None,
+                                                          arrived_ns))
+            self._hold_if_late(request, None, arrived_ns)
 
     def _measured(self) -> tuple[dict[str, float], str | None]:
         """The latest position of every joint heard of, and why it cannot be trusted (or None): a
@@ -458,20 +486,28 @@ class CollisionGuardNode(ReleasingLifecycleNode):
     def _on_planning_error(self, err: BaseException) -> None:
         self.get_logger().error(f'planning thread: {err!r}', throttle_duration_sec=2.0)
 
-    def _act(self, decision: GuardDecision, proposed: JointTrajectory, arrived_ns: int) -> None:
-        pub = self._pub
-        if pub is None:
+    def _act(self, decision: GuardDecision, proposed: JointTrajectory | None, arrived_ns: int,
+             reaction: str | None = None) -> None:
+        """Publish `decision` (for a 'pass', the proposed message itself) and remember it as what the
+        arm executes. `arrived_ns`: when what caused it arrived; `reaction` files its latency under
+        another name than free/blocked (a scene update)."""
+        pub, guard = self._pub, self.guard
+        if pub is None or guard is None:
             return
         log = self.get_logger()
+        now = self.get_clock().now()
         if decision.action == 'pass':
             pub.publish(proposed)  # unchanged: same points, same times, same stamp
+            stamp = stamp_to_seconds(proposed.header.stamp)
+            guard.record_sent(decision.trajectory, stamp if stamp > 0 else now.nanoseconds * 1e-9)
         elif decision.trajectory is not None:
-            pub.publish(chunk_to_message(decision.trajectory, self.get_clock().now().to_msg()))
+            pub.publish(chunk_to_message(decision.trajectory, now.to_msg()))
+            guard.record_sent(decision.trajectory, now.nanoseconds * 1e-9)
         latency = (time.time_ns() - arrived_ns) * 1e-9
         with self._lock:
             self._last_action, self._last_reason = decision.action, decision.reason
             self._review_times.append(time.monotonic())
-            kind = 'free' if decision.action == 'pass' else 'blocked'
+            kind = reaction or ('free' if decision.action == 'pass' else 'blocked')
             self._output_latency[kind].append(latency)
             if decision.action == 'reject':
                 self._rejected_messages += 1
@@ -503,7 +539,9 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self._last_reason = 'no chunk reviewed yet'
         self._review_times: deque[float] = deque(maxlen=2000)
         # seconds from a proposal's arrival to the publication of what the guard made of it
-        self._output_latency: dict[str, deque[float]] = {'free': deque(maxlen=1000), 'blocked': deque(maxlen=200)}
+        # ('scene': from a scene update's arrival to the cut of the executing trajectory it caused)
+        self._output_latency: dict[str, deque[float]] = {'free': deque(maxlen=1000), 'blocked': deque(maxlen=200),
+                                                         'scene': deque(maxlen=200)}
 
     def diagnostics(self) -> dict[str, str]:
         """The values /diagnostics carries (also handy for tests and tools)."""
@@ -542,6 +580,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             'planning_failures': counters.planning_failures,
             'plans_superseded': counters.plans_superseded,
             'holds': counters.holds,
+            'executing_blocked': counters.executing_blocked,
             'planning_time_p50_ms': ms(GuardCounters.percentile(planning, 50)),
             'planning_time_p99_ms': ms(GuardCounters.percentile(planning, 99)),
             'last_planning_time_ms': ms(planning[-1] if planning else None),
