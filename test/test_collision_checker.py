@@ -260,3 +260,18 @@ def test_batched_check_finds_the_first_invalid_state(panda):
         states = rng.uniform(panda.limits.lower, panda.limits.upper, size=(12, 8))
         one_by_one = [k for k, q in enumerate(states) if not checker.check_state(q).valid]
         assert checker.first_invalid(states) == (one_by_one[0] if one_by_one else None)
+
+
+def test_a_waypoint_far_outside_the_limits_is_refused_without_interpolating_to_it(panda):
+    """Hypothesis found it: a chunk point at 5.5e9 rad made the check allocate 2 TiB of interpolated
+    states (MemoryError, or minutes of work). Limits are checked on the waypoints first."""
+    checker = CollisionChecker(panda, Scene())
+    far = HOME.copy()
+    far[0] = 5.497558139e9
+    near = HOME + np.r_[np.full(7, 0.01), 0.0]
+    result = checker.check_path(HOME, np.vstack([near, far, HOME]))
+    assert not result.valid and result.kind == 'joint_limit' and result.first_colliding_index == 1
+    np.testing.assert_allclose(result.last_safe_point, near)
+    assert 'panda_joint1' in result.reason
+    start_outside = checker.check_path(far, HOME[None])
+    assert not start_outside.valid and start_outside.first_colliding_index == -1

@@ -234,6 +234,22 @@ class CollisionChecker:
                              f'{list(self.joint_names)}, got shape {waypoints.shape}')
         if not np.isfinite(waypoints).all():
             raise ValueError('waypoints contain NaN or infinite positions')
+        # Limits first, on the waypoints alone: a waypoint far outside them (5e9 rad, from a broken
+        # sender) would otherwise be interpolated into billions of states before any is checked.
+        row = self._limit_violation(np.vstack([start[None], waypoints]))
+        if row is not None:
+            first = row - 1  # -1: the start itself
+            if first == -1:
+                state = self.check_state(start)
+                return PathResult(False, -1, None, None, None, 1, f'{state.reason} at the start state', state.kind)
+            if first > 0:
+                before = self.check_path(start, waypoints[:first], max_joint_step)
+                if not before.valid:
+                    return before
+            state = self.check_state(waypoints[first])
+            safe = waypoints[first - 1] if first > 0 else start
+            return PathResult(False, first, None, safe.copy(), first - 1, 1,
+                              f'{state.reason} at waypoint {first}', state.kind)
         coarse, coarse_of = interpolate_path(start, waypoints, max_joint_step, self.reach, 2 * SWEEP_MARGIN)
         near = self._invalid_mask(coarse, grown=True)
         checked = len(coarse)
