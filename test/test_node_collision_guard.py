@@ -556,3 +556,44 @@ def test_a_deleteall_with_a_namespace_clears_only_that_namespace():
     assert update.changed and sorted(o.name for o in scene.objects()) == ['person', 'table2']
     markers.apply([Marker(action=Marker.DELETEALL)])  # no ns: everything markers added
     assert list(scene.objects()) == []
+
+
+def test_a_moving_marker_is_held_swept_over_the_lookahead():
+    """A box seen at x 1.0 then 0.9 a tenth of a second later moves at 1 m/s towards -x: with a 0.5 s
+    look-ahead the scene holds it from x 0.4 to 0.9 (+ its own half depth), so a chunk is blocked by
+    where it is going; a box that stops is held where it is again."""
+    scene = Scene()
+    markers = MarkerScene(scene, [], ['panda_link0'], lookahead_s=0.5)
+
+    def at(x, t):
+        marker = _marker('cart', Marker.CUBE, (0.1, 0.2, 0.3), position=(x, 0.0, 0.15), ns='perception')
+        marker.header.stamp.sec, marker.header.stamp.nanosec = int(t), int(round((t % 1) * 1e9))
+        return MarkerArray(markers=[marker]).markers
+
+    markers.apply(at(1.0, 10.0))
+    assert scene['cart'].size == (0.1, 0.2, 0.3)  # first sighting: no velocity yet
+    markers.apply(at(0.9, 10.1))
+    np.testing.assert_allclose(markers.velocities()['cart'], [-1.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(scene['cart'].size, (0.6, 0.2, 0.3), atol=1e-6)
+    np.testing.assert_allclose(scene['cart'].pose[:3], (0.65, 0.0, 0.15), atol=1e-6)
+    markers.apply(at(0.9, 10.2))
+    assert scene['cart'].size == (0.1, 0.2, 0.3) and scene['cart'].pose[0] == pytest.approx(0.9)
+    markers.apply(at(0.2, 10.3))  # 7 m/s: a jump (a reset scene), not a motion to extrapolate
+    assert scene['cart'].size == (0.1, 0.2, 0.3) and scene['cart'].pose[0] == pytest.approx(0.2)
+    no_lookahead = MarkerScene(Scene(), [], ['panda_link0'])
+    no_lookahead.apply(at(1.0, 10.0))
+    no_lookahead.apply(at(0.9, 10.1))
+    assert no_lookahead.scene['cart'].size == (0.1, 0.2, 0.3)
+
+
+def test_swept_covers_a_rotated_box_sphere_and_cylinder():
+    from diffusion_policy_ros.collision.scene_overlay import swept
+    quarter_turn_z = (0.0, 0.0, 0.7071068, 0.7071068)  # the box's own x axis along the world's y
+    box = SceneObject('b', 'box', (0.1, 0.2, 0.3), (0.0, 0.0, 0.0, *quarter_turn_z))
+    moved = swept(box, np.array([0.0, 1.0, 0.0]), 0.5)  # along world y = the box's own x
+    np.testing.assert_allclose(moved.size, (0.6, 0.2, 0.3), atol=1e-6)
+    np.testing.assert_allclose(moved.pose[:3], (0.0, 0.25, 0.0), atol=1e-6)
+    ball = swept(SceneObject('s', 'sphere', (0.1,)), np.array([0.0, 0.0, 2.0]), 0.5)
+    assert ball.size[0] == pytest.approx(0.6) and ball.pose[2] == pytest.approx(0.5)
+    can = swept(SceneObject('c', 'cylinder', (0.4, 0.1)), np.array([1.0, 0.0, 0.0]), 0.2)
+    np.testing.assert_allclose(can.size, (0.6, 0.2))

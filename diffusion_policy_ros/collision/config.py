@@ -29,6 +29,8 @@ class CollisionGuardConfig:
     acceleration_limits: tuple[float, ...] = (3.0,)  # rad/s^2, one value or one per joint
     jerk_limits: tuple[float, ...] = (30.0,)  # rad/s^3, one value or one per joint
     planning_time_budget_s: float = 0.1
+    # s: a marker object seen moving is held swept over where it goes in this time (0: where it is)
+    moving_object_lookahead_s: float = 0.5
     control_period_s: float = 0.1  # spacing of the fallback's trajectory points
     planner_seed: int = 0  # 0: a fresh random seed per process; > 0: reproducible plans
     moveit_group: str = 'arm'
@@ -42,7 +44,7 @@ class CollisionGuardConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f'parameter {name} must be positive and finite, got {value!r}')
-        for name in ('padding', 'limit_tolerance'):
+        for name in ('padding', 'limit_tolerance', 'moving_object_lookahead_s'):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f'parameter {name} must be non-negative and finite, got {value!r}')

@@ -6,8 +6,10 @@ and the few message constants needed are spelled out here, as the message defini
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
 
 from .scene import Scene, SceneObject
 
@@ -15,6 +17,9 @@ from .scene import Scene, SceneObject
 CUBE, SPHERE, CYLINDER = 1, 2, 3
 ADD, DELETE, DELETEALL = 0, 2, 3
 MARKER_SHAPES = {CUBE: 'box', SPHERE: 'sphere', CYLINDER: 'cylinder'}
+# m/s: an object that seems to move faster than this between two updates jumped (a reset scene, another
+# detection), and is held where it is now; people, carts and other arms in a cell move slower.
+MAX_TRACKED_SPEED = 3.0
 
 
 def marker_name(marker: Any) -> str:
@@ -46,6 +51,30 @@ def marker_to_scene_object(marker: Any, name: str, padding: float | None = None)
     return SceneObject(name, shape, size, (p.x, p.y, p.z, o.x, o.y, o.z, o.w), padding)
 
 
+def _rotation(quaternion_xyzw: Iterable[float]) -> np.ndarray:
+    x, y, z, w = quaternion_xyzw
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def swept(obj: SceneObject, velocity: np.ndarray, lookahead_s: float) -> SceneObject:
+    """`obj` grown to cover everywhere it goes in the next `lookahead_s` at `velocity` (m/s, world):
+    exact for a translating box (its extent along each of its own axes grows by the distance covered
+    along that axis, its centre moves half way), a covering sphere or cylinder otherwise."""
+    travel = np.asarray(velocity, dtype=float) * lookahead_s
+    pose = obj.pose
+    centre = np.asarray(pose[:3]) + travel / 2
+    if obj.shape == 'box':
+        size = tuple(np.asarray(obj.size) + np.abs(_rotation(pose[3:]).T @ travel))
+    elif obj.shape == 'sphere':
+        size = (obj.size[0] + float(np.linalg.norm(travel)) / 2,)
+    else:  # cylinder (height, radius): taller and wider by the whole travel, whatever its direction
+        distance = float(np.linalg.norm(travel))
+        size = (obj.size[0] + distance, obj.size[1] + distance / 2)
+    return replace(obj, size=size, pose=(*centre, *pose[3:]))
+
+
 @dataclass
 class SceneUpdate:
     changed: bool
@@ -61,15 +90,41 @@ class MarkerScene:
     DELETEALL (all, or one ns) remove what markers added; a params-file object a marker had replaced comes back, so the
     configured static environment cannot be switched off from a topic. Each MarkerArray is applied to
     the Scene in one atomic step.
+
+    A marker object that moves between two stamped updates gets a velocity; with `lookahead_s` > 0 the
+    scene holds it swept over that look-ahead (`swept`), so a chunk is blocked by where the object is
+    going, not only by where it was last seen.
     """
 
-    def __init__(self, scene: Scene, configured: Iterable[SceneObject], frames: Iterable[str]) -> None:
+    def __init__(self, scene: Scene, configured: Iterable[SceneObject], frames: Iterable[str],
+                 lookahead_s: float = 0.0) -> None:
         self.scene = scene
         self.configured = {o.name: o for o in configured}
         self.frames = {f.lstrip('/') for f in frames} | {''}
+        self.lookahead_s = lookahead_s
         self._from_markers: dict[str, SceneObject] = {}
         self._name_of: dict[tuple[str, int], str] = {}  # (ns, id) -> object name, for DELETE
+        # name -> (centre, stamp s, velocity m/s): kept across DELETEALL, which republishing scenes send
+        self._motion: dict[str, tuple[np.ndarray, float, np.ndarray]] = {}
         self.scene.set_objects(self.configured.values())
+
+    def velocities(self) -> dict[str, np.ndarray]:
+        """The last measured velocity of each marker object present (m/s, world)."""
+        return {n: self._motion[n][2] for n in self._from_markers if n in self._motion}
+
+    def _track(self, obj: SceneObject, stamp_s: float) -> None:
+        centre = np.asarray(obj.pose[:3], dtype=float)
+        previous = self._motion.get(obj.name)
+        velocity = np.zeros(3)
+        if previous is not None:
+            dt = stamp_s - previous[1]
+            if dt <= 1e-3:  # unstamped, repeated or out of order: keep what was measured
+                self._motion[obj.name] = (centre, max(stamp_s, previous[1]), previous[2])
+                return
+            velocity = (centre - previous[0]) / dt
+            if np.linalg.norm(velocity) > MAX_TRACKED_SPEED:
+                velocity = np.zeros(3)  # a jump (a reset scene, a re-detection), not a motion to extrapolate
+        self._motion[obj.name] = (centre, stamp_s, velocity)
 
     def apply(self, markers: Iterable[Any]) -> SceneUpdate:
         applied, ignored = 0, []
@@ -106,8 +161,15 @@ class MarkerScene:
                     self._from_markers.pop(previous, None)
                 self._name_of[key] = name
                 self._from_markers[name] = obj
+                stamp = marker.header.stamp
+                self._track(obj, stamp.sec + stamp.nanosec * 1e-9)
                 applied += 1
             else:
                 ignored.append(f'marker ns={marker.ns!r} id={marker.id}: unknown action {marker.action}')
-        changed = self.scene.set_objects({**self.configured, **self._from_markers}.values())
+        present = dict(self._from_markers)
+        if self.lookahead_s > 0:
+            for name, velocity in self.velocities().items():
+                if np.any(velocity):
+                    present[name] = swept(present[name], velocity, self.lookahead_s)
+        changed = self.scene.set_objects({**self.configured, **present}.values())
         return SceneUpdate(changed, applied, ignored)

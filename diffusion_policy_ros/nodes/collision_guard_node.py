@@ -246,7 +246,8 @@ class CollisionGuardNode(ReleasingLifecycleNode):
                                    self.model.limits.velocity)
         root = _root_link(self.model)
         scene = Scene()
-        self.scene = MarkerScene(scene, config.scene_objects, [p.scene_frame or root])
+        self.scene = MarkerScene(scene, config.scene_objects, [p.scene_frame or root],
+                                 lookahead_s=config.moving_object_lookahead_s)
         self.backend, message = select_backend(
             config.backend, self.model, config, scene=scene,
             client_factory=lambda srv_type, name: _ServiceClient(self, srv_type, name))
@@ -586,6 +587,8 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             'last_planning_time_ms': ms(planning[-1] if planning else None),
             'fallback_active': self.guard.fallback_active,
             'scene_objects': ','.join(o.name for o in self.scene.scene.objects()),
+            'moving_objects': ','.join(f'{name} {np.linalg.norm(v):.2f} m/s'
+                                       for name, v in self.scene.velocities().items() if np.any(v)),
             'joint_state': problem or 'fresh',
         })
         for kind, samples in output_latency.items():

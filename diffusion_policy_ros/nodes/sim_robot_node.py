@@ -46,7 +46,7 @@ from diffusion_policy_ros.nodes.messages import (MessageError, make_image, make_
 from diffusion_policy_ros.nodes.params import declare_parameters
 from diffusion_policy_ros.robot_description import PANDA_JOINTS
 from diffusion_policy_ros.sim.arm import SimArm, SimConfig
-from diffusion_policy_ros.sim.model import TASKS
+from diffusion_policy_ros.sim.model import ALL_TASKS
 
 NODE_NAME = 'sim_robot_node'
 # Parameters that take effect at the next ~/reset (task, seed, episode_seconds) or at once
@@ -60,7 +60,7 @@ _LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabilit
 class SimRobotParams:
     """All parameters of sim_robot_node (config/sim_robot.yaml mirrors these names)."""
 
-    task: str = field(default='pick_place', metadata={'help': f'one of {TASKS}; applied at ~/reset'})
+    task: str = field(default='pick_place', metadata={'help': f'one of {ALL_TASKS}; applied at ~/reset'})
     seed: int = field(default=0, metadata={'help': 'layout seed of the episode; applied at ~/reset'})
     episode_seconds: float = field(default=0.0, metadata={
         'help': "episode time limit in sim seconds; 0 = the task's default; applied at ~/reset"})
@@ -80,7 +80,10 @@ class SimRobotParams:
     joint_states_topic: str = '/joint_states'
     command_topic: str = '/arm_controller/joint_trajectory'
     scene_topic: str = field(default='/collision_scene', metadata={
-        'help': 'visualization_msgs/MarkerArray of the static obstacles, latched, republished on reset'})
+        'help': 'visualization_msgs/MarkerArray of the obstacles, latched, republished on reset (and at '
+                'scene_rate_hz while an obstacle moves)'})
+    scene_rate_hz: float = field(default=30.0, metadata={
+        'help': 'sim-time rate of the scene markers in a dynamic task, as a perception node would publish'})
     status_topic: str = field(default='~/task_status', metadata={'help': 'std_msgs/String with JSON'})
     base_frame: str = field(default='panda_link0', metadata={'help': 'frame of the scene markers'})
     camera_frame: str = 'camera_color_optical_frame'
@@ -97,15 +100,15 @@ class SimRobotParams:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.task not in TASKS:
-            problems.append(f'task {self.task!r} is not one of {list(TASKS)}')
+        if self.task not in ALL_TASKS:
+            problems.append(f'task {self.task!r} is not one of {list(ALL_TASKS)}')
         if not self.physics_hz >= 200:
             problems.append(f'physics_hz must be >= 200, got {self.physics_hz}')
         if not self.joint_state_rate_hz >= 50:
             problems.append(f'joint_state_rate_hz must be >= 50, got {self.joint_state_rate_hz}')
         if not self.reset_settle_s >= 0:
             problems.append(f'reset_settle_s must be >= 0, got {self.reset_settle_s}')
-        for name in ('camera_rate_hz', 'clock_rate_hz', 'status_rate_hz', 'max_command_lead_s'):
+        for name in ('camera_rate_hz', 'clock_rate_hz', 'status_rate_hz', 'max_command_lead_s', 'scene_rate_hz'):
             if not getattr(self, name) > 0:
                 problems.append(f'{name} must be > 0, got {getattr(self, name)}')
         if self.camera_width < 8 or self.camera_height < 8:
@@ -255,7 +258,7 @@ class SimRobotNode(Node):
         self._measured_rtf: float | None = None
         self._lag_resyncs = 0
         self._periods_ns = {'joint_state': self._period_ns(p.joint_state_rate_hz),
-                            'image': self._period_ns(p.camera_rate_hz)}
+                            'image': self._period_ns(p.camera_rate_hz), 'scene': self._period_ns(p.scene_rate_hz)}
         if p.publish_clock:
             self._periods_ns['clock'] = self._period_ns(p.clock_rate_hz)
         self._next_due_ns = dict.fromkeys(self._periods_ns, 0)
@@ -473,7 +476,7 @@ class SimRobotNode(Node):
     def _advance(self, due_ns: int) -> None:
         """Step physics to `due_ns` of episode time and publish whatever is due there."""
         joint_state = images = None
-        clock = False
+        clock = scene = False
         became_done = False
         with self._lock:
             self.arm.step_until(due_ns * 1e-9)
@@ -490,6 +493,8 @@ class SimRobotNode(Node):
                     joint_state = self.arm.joint_state()
                 elif name == 'image':
                     images = {camera: self.arm.render(camera) for camera in self.cameras}
+                elif name == 'scene':
+                    scene = self.arm.moving_obstacle is not None
                 else:
                     clock = True
         stamp = seconds_to_stamp(stamp_ns * 1e-9)
@@ -501,6 +506,8 @@ class SimRobotNode(Node):
         if images is not None:
             for camera, rgb in images.items():
                 self._image_pubs[camera].publish(make_image(rgb, stamp, self._camera_frames[camera]))
+        if scene:
+            self._publish_scene()
         if became_done:
             status = self.arm.task_status()
             self.get_logger().info(f'episode {self._episode} done: '

@@ -15,10 +15,10 @@ import numpy as np
 
 from ..robot_description import PANDA_HOME, PANDA_JOINTS
 from .kinematics import ArmIK, tcp_down_rotation
-from .model import (ARM_KP, ARM_KV, GRIPPER_KP, GRIPPER_KV, OBSTACLE, OBSTACLE_SIZE, TABLE_CENTER, TABLE_SIZE,
-                    TASKS, TCP_BODY, build_model, mujoco)
-from .tasks import (EPISODE_SECONDS, Layout, ReachAroundLayout, TaskStatus, apply_layout, make_monitor,
-                    sample_layout)
+from .model import (ALL_TASKS, ARM_KP, ARM_KV, GRIPPER_KP, GRIPPER_KV, MOVING_OBSTACLE, OBSTACLE, OBSTACLE_SIZE,
+                    TABLE_CENTER, TABLE_SIZE, TCP_BODY, base_task, build_model, mujoco)
+from .tasks import (EPISODE_SECONDS, Layout, MovingObstacle, MovingObstacleMonitor, ReachAroundLayout, TaskStatus,
+                    apply_layout, make_monitor, sample_layout, sample_moving_obstacle)
 
 __all__ = ['SimConfig', 'SimArm', 'TaskStatus', 'SceneObject']
 
@@ -37,8 +37,8 @@ class SimConfig:
     episode_seconds: float | None = None  # None: the task's default limit
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f'SimConfig.task: unknown task {self.task!r}; expected one of {TASKS}')
+        if self.task not in ALL_TASKS:
+            raise ValueError(f'SimConfig.task: unknown task {self.task!r}; expected one of {ALL_TASKS}')
         if self.physics_hz < 200:
             raise ValueError(f'SimConfig.physics_hz must be >= 200, got {self.physics_hz}')
         if self.joint_state_hz < 50:
@@ -115,6 +115,8 @@ class SimArm:
         self.cfg = cfg or SimConfig()
         self._task = ''
         self._renderer: mujoco.Renderer | None = None
+        self._mover: MovingObstacle | None = None
+        self._mover_mocap = -1
         self.reset()
 
     # ----------------------------------------------------------------- episode
@@ -134,8 +136,8 @@ class SimArm:
     def reset(self, task: str | None = None, seed: int | None = None) -> None:
         """Start an episode of ``task`` (default: the config's) laid out by ``seed`` (default: the config's)."""
         task = self.cfg.task if task is None else task
-        if task not in TASKS:
-            raise ValueError(f'SimArm.reset: unknown task {task!r}; expected one of {TASKS}')
+        if task not in ALL_TASKS:
+            raise ValueError(f'SimArm.reset: unknown task {task!r}; expected one of {ALL_TASKS}')
         if task != self._task:
             self._load(task)
         self._seed = self.cfg.seed if seed is None else int(seed)
@@ -149,7 +151,13 @@ class SimArm:
         mujoco.mj_forward(self.model, self.data)
         self._steps = 0
         self._trajectory = _Trajectory(np.array([0.0, 1.0]), np.stack([start, start]))
+        self._mover = sample_moving_obstacle(task, self._seed)
         self._monitor = make_monitor(self.model, self._layout, self.cfg.time_limit)
+        if self._mover is not None:
+            self._mover_mocap = int(self.model.body(MOVING_OBSTACLE).mocapid[0])
+            self.data.mocap_pos[self._mover_mocap] = self._mover.position(0.0)
+            mujoco.mj_forward(self.model, self.data)
+            self._monitor = MovingObstacleMonitor(self.model, self._monitor)
         self._monitor.update(self.data)
 
     def _load(self, task: str) -> None:
@@ -198,6 +206,8 @@ class SimArm:
         while self._steps < target:
             q, v = self._trajectory.setpoint(self.sim_time)
             ctrl[self._actuator_ids] = q + self._feedforward * v
+            if self._mover is not None:
+                data.mocap_pos[self._mover_mocap] = self._mover.position(self.sim_time)
             mujoco.mj_step(model, data)
             self._steps += 1
             self._monitor.update(data)
@@ -303,11 +313,20 @@ class SimArm:
         """The static boxes a collision checker should avoid (world frame), for this episode's layout."""
         identity = (0.0, 0.0, 0.0, 1.0)
         objects = [SceneObject('table', 'box', tuple(TABLE_SIZE), (*TABLE_CENTER, *identity))]
-        if self._task == 'reach_around':
+        if base_task(self._task) == 'reach_around':
             center = self.model.body(OBSTACLE).pos
             objects.append(SceneObject(OBSTACLE, 'box', tuple(OBSTACLE_SIZE),
                                        (float(center[0]), float(center[1]), float(center[2]), *identity)))
+        if self._mover is not None:
+            center = self.data.mocap_pos[self._mover_mocap]
+            objects.append(SceneObject(MOVING_OBSTACLE, 'box', tuple(self._mover.size),
+                                       (float(center[0]), float(center[1]), float(center[2]), *identity)))
         return objects
+
+    @property
+    def moving_obstacle(self) -> MovingObstacle | None:
+        """This episode's moving obstacle (privileged, like the layout), or None in a static task."""
+        return self._mover
 
     def close(self) -> None:
         if self._renderer is not None:

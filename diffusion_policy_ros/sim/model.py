@@ -22,6 +22,20 @@ import mujoco  # noqa: E402
 from ..robot_description import ARM_JOINTS, GRIPPER_JOINT, panda_description  # noqa: E402
 
 TASKS: tuple[str, ...] = ('reach_around', 'pick_place')
+# Each task with an obstacle crossing the workspace on a seeded schedule (sim/tasks.py MovingObstacle).
+DYNAMIC_SUFFIX = '_dynamic'
+ALL_TASKS: tuple[str, ...] = TASKS + tuple(t + DYNAMIC_SUFFIX for t in TASKS)
+
+
+def base_task(task: str) -> str:
+    """The static task a (possibly dynamic) task name is built on; raises ValueError when unknown."""
+    if task not in ALL_TASKS:
+        raise ValueError(f'unknown task {task!r}; expected one of {ALL_TASKS}')
+    return task.removesuffix(DYNAMIC_SUFFIX)
+
+
+def is_dynamic(task: str) -> bool:
+    return base_task(task) != task
 
 # World frame == panda_link0 (the robot base); the table top is the plane z = 0.
 TABLE_SIZE = (1.3, 1.2, 0.05)  # full extents (m)
@@ -41,6 +55,9 @@ CUBE_SIZE = 0.04  # edge length
 CUBE_MASS = 0.05
 ZONE = 'zone'
 ZONE_SIZE = 0.10  # side of the square target zone
+# the dynamic tasks' moving obstacle: a mocap body, moved kinematically every physics step
+MOVING_OBSTACLE = 'moving_obstacle'
+MOVING_OBSTACLE_SIZE = (0.08, 0.08, 0.20)  # full extents: a box standing on the table, like a person's arm
 
 # Stiff PD servos per arm joint (Franka Menagerie magnitudes); gravity is compensated separately,
 # so the servo only has to track, and the URDF effort limits clamp the torque like the real arm.
@@ -100,9 +117,8 @@ def panda_urdf_for_mujoco() -> str:
 
 def build_spec(task: str, *, wrist_camera: bool = False, physics_hz: float = 500.0) -> mujoco.MjSpec:
     """An editable spec of the arm on its table with ``task``'s objects (placed at the origin;
-    the task moves them per seed)."""
-    if task not in TASKS:
-        raise ValueError(f'unknown task {task!r}; expected one of {TASKS}')
+    the task moves them per seed). A dynamic task adds the moving obstacle (size set per seed)."""
+    dynamic, task = is_dynamic(task), base_task(task)
     spec = mujoco.MjSpec.from_string(panda_urdf_for_mujoco())
     spec.modelname = f'panda_{task}'
     spec.option.timestep = 1.0 / physics_hz
@@ -175,6 +191,11 @@ def build_spec(task: str, *, wrist_camera: bool = False, physics_hz: float = 500
         cube.add_geom(name=CUBE, type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_SIZE / 2] * 3, mass=CUBE_MASS,
                       rgba=[0.15, 0.35, 0.9, 1.0], contype=1, conaffinity=1, condim=4,
                       friction=[1.5, 0.01, 0.001])
+
+    if dynamic:
+        mover = world.add_body(name=MOVING_OBSTACLE, pos=[0.5, 0.8, 0.1], mocap=True)
+        mover.add_geom(name=MOVING_OBSTACLE, type=mujoco.mjtGeom.mjGEOM_BOX, size=[s / 2 for s in MOVING_OBSTACLE_SIZE],
+                       rgba=[0.95, 0.6, 0.1, 1.0], contype=1, conaffinity=1)
 
     cameras = [SCENE_CAMERA] + ([WRIST_CAMERA] if wrist_camera else [])
     for cam in cameras:

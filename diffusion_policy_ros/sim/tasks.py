@@ -4,6 +4,8 @@
 of it. The box is too tall to pass over comfortably, so the demonstrations go left or right: two
 equally good solutions, the multimodal case a diffusion policy must handle.
 `pick_place`: a cube at a random pose on the table must end at rest inside a green square.
+`<task>_dynamic`: the same, with a box that crosses the workspace on a seeded schedule
+(`MovingObstacle`: start time, speed 0.05-0.3 m/s, straight path through where the arm works).
 
 A monitor is updated every physics step, so short events (a brush against the obstacle, the side
 the TCP passes on) are never missed between status queries.
@@ -16,9 +18,11 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from .model import CUBE, CUBE_SIZE, FINGER_BODIES, OBSTACLE, OBSTACLE_SIZE, TARGET, TCP_BODY, ZONE, ZONE_SIZE
+from .model import (CUBE, CUBE_SIZE, FINGER_BODIES, MOVING_OBSTACLE, MOVING_OBSTACLE_SIZE, OBSTACLE,
+                    OBSTACLE_SIZE, TARGET, TCP_BODY, ZONE, ZONE_SIZE, base_task, is_dynamic)
 
-EPISODE_SECONDS: dict[str, float] = {'reach_around': 6.0, 'pick_place': 12.0}
+EPISODE_SECONDS: dict[str, float] = {'reach_around': 6.0, 'pick_place': 12.0, 'reach_around_dynamic': 8.0,
+                                     'pick_place_dynamic': 14.0}
 REACH_TOLERANCE = 0.03  # m, TCP to target centre
 REACH_HEIGHT = 0.10  # m, height of the start, the target and the demonstrated path
 REST_SPEED = 0.02  # m/s: the cube counts as resting below this speed
@@ -53,6 +57,7 @@ Layout = ReachAroundLayout | PickPlaceLayout
 def sample_layout(task: str, seed: int) -> Layout:
     """The randomised scene of ``task`` for ``seed`` (a pure function of both)."""
     rng = np.random.default_rng([int(seed), 7919])
+    task = base_task(task)  # a dynamic task keeps its static layout
     if task == 'reach_around':
         # Obstacle and target stay put so a policy that sees only joint states knows where to go; the
         # start varies, and the expert's side (left or right) is the multimodality to learn.
@@ -67,6 +72,74 @@ def sample_layout(task: str, seed: int) -> Layout:
         zone = np.array([rng.uniform(0.42, 0.60), rng.uniform(0.10, 0.22)])
         return PickPlaceLayout(cube, float(rng.uniform(-0.5, 0.5)), zone, rng.uniform(-0.03, 0.03, size=7))
     raise ValueError(f'unknown task {task!r}; expected reach_around or pick_place')
+
+
+@dataclass(frozen=True)
+class MovingObstacle:
+    """A box that waits at `start` (outside the arm's reach) until `start_time`, then slides in a straight
+    line at `velocity` (m/s) across the workspace for `travel_s`, and stays where it ends."""
+
+    start: np.ndarray  # (3,) world, centre of the box
+    velocity: np.ndarray  # (3,) m/s
+    start_time: float  # s of episode time
+    travel_s: float
+    size: tuple[float, float, float] = MOVING_OBSTACLE_SIZE
+
+    @property
+    def speed(self) -> float:
+        return float(np.linalg.norm(self.velocity))
+
+    def position(self, t: float) -> np.ndarray:
+        return self.start + self.velocity * float(np.clip(t - self.start_time, 0.0, self.travel_s))
+
+
+# The moving box slides along -x, from beyond the table's front towards the robot, through where each
+# task's arm works without sweeping through where it starts or ends: beside reach_around's obstacle
+# (|y| 0.13-0.16, the side the arm goes round: the other side stays open), and between pick_place's cube
+# (y < -0.06) and its square (y > 0.10). It stops 0.25 m in front of the base and stays there.
+MOVING_OBSTACLE_PATH_X = (1.0, 0.25)
+
+
+def sample_moving_obstacle(task: str, seed: int) -> MovingObstacle | None:
+    """The moving obstacle of a dynamic task's episode (a pure function of both); None for static tasks."""
+    if not is_dynamic(task):
+        return None
+    rng = np.random.default_rng([int(seed), 104729])
+    speed = float(rng.uniform(0.05, 0.3))
+    if base_task(task) == 'reach_around':
+        y = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.13, 0.16))
+    else:
+        y = float(rng.uniform(0.0, 0.02))
+    (x0, x1), half_height = MOVING_OBSTACLE_PATH_X, MOVING_OBSTACLE_SIZE[2] / 2
+    return MovingObstacle(np.array([x0, y, half_height]), np.array([-speed, 0.0, 0.0]),
+                          float(rng.uniform(0.5, 3.0)), (x0 - x1) / speed)
+
+
+class MovingObstacleMonitor:
+    """Contacts between the arm and the moving box, counted every physics step (independent of any
+    collision checker): onsets, and whether any happened this episode."""
+
+    def __init__(self, model: mujoco.MjModel, inner: Monitor) -> None:
+        self.inner = inner
+        self.geom = model.geom(MOVING_OBSTACLE).id
+        self.arm_geoms = _body_geoms(model, tuple(model.body(b).name for b in range(model.nbody)
+                                                  if model.body(b).name.startswith('panda_')))
+        self.contacts = 0  # onsets: a contact that was not there the step before
+        self._touching = False
+
+    def update(self, data: mujoco.MjData) -> None:
+        self.inner.update(data)
+        touching = False
+        if data.ncon:
+            pairs = data.contact.geom[:data.ncon]
+            mine = pairs[(pairs == self.geom).any(axis=1)]
+            touching = bool(np.isin(mine, self.arm_geoms).any())  # the table or the cube are no contact
+        self.contacts += touching and not self._touching
+        self._touching = touching
+
+    def status(self, data: mujoco.MjData, time: float) -> TaskStatus:
+        status = self.inner.status(data, time)
+        return TaskStatus(status.success, status.done, {**status.info, 'moving_obstacle_contacts': self.contacts})
 
 
 def _body_geoms(model: mujoco.MjModel, body_names: tuple[str, ...]) -> np.ndarray:

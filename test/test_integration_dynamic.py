@@ -1,0 +1,100 @@
+"""A box crossing the workspace (reach_around_dynamic) and a checked trajectory it will cross: without
+the guard the arm is hit; with the guard over DDS (sim on /clock, the box on the scene topic at 30 Hz)
+the trajectory is cut while it executes, before the contact, with no new proposal (issue 15)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import DurabilityPolicy, QoSProfile
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from diffusion_policy_ros.nodes.messages import seconds_to_duration, seconds_to_stamp
+from diffusion_policy_ros.robot_description import PANDA_JOINTS
+from diffusion_policy_ros.sim.arm import SimArm, SimConfig
+from diffusion_policy_ros.sim.kinematics import tcp_down_rotation
+from diffusion_policy_ros.sim.tasks import sample_moving_obstacle
+
+from ros_helpers import NodeProcess, SpinningNode, wait_for
+
+TASK, SEED = 'reach_around_dynamic', 2  # the box: 0.295 m/s along -x at y -0.155, from t 1.47 s
+START_S = 1.0  # episode time the trajectory starts at
+POINTS = 20
+
+
+def crossing_trajectory() -> tuple[np.ndarray, float]:
+    """Joint points that take the hand sideways onto the box's line at x 0.38 (clear of the static
+    obstacle), arriving just when the box gets there, and the time between points (s)."""
+    mover = sample_moving_obstacle(TASK, SEED)
+    with SimArm(SimConfig(task=TASK, seed=SEED)) as arm:
+        _, start, _ = arm.joint_state()
+        goal = np.array([0.38, mover.start[1], 0.10])
+        solution = arm.ik.solve(start[:7], goal, tcp_down_rotation(arm.layout.start_yaw), iterations=300)
+    assert solution.converged
+    arrival = mover.start_time + (mover.start[0] - goal[0]) / mover.speed
+    return np.linspace(start, np.append(solution.q, start[7]), POINTS + 1)[1:], (arrival - START_S) / POINTS
+
+
+def test_without_a_guard_the_box_hits_the_arm():
+    """The scenario is a real collision: the same trajectory sent straight to the sim's controller."""
+    points, dt = crossing_trajectory()
+    with SimArm(SimConfig(task=TASK, seed=SEED)) as arm:
+        arm.step_until(START_S)
+        arm.command_trajectory(PANDA_JOINTS, points, dt=dt)
+        arm.step_until(arm.cfg.time_limit)
+        assert arm.task_status().info['moving_obstacle_contacts'] > 0
+
+
+@pytest.mark.ros
+def test_the_guard_cuts_a_trajectory_the_moving_box_will_cross_before_contact():
+    points, dt = crossing_trajectory()
+    sim = NodeProcess('diffusion_policy_ros.nodes.sim_robot_node',
+                      {'task': TASK, 'seed': SEED, 'camera_rate_hz': 2.0})
+    guard = NodeProcess('diffusion_policy_ros.nodes.collision_guard_node', {'use_sim_time': True})
+    probe = SpinningNode('dynamic_probe')
+    status: dict = {}
+    guard_diag: dict[str, str] = {}
+
+    def on_status(msg: String) -> None:
+        status.update(json.loads(msg.data))
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for s in msg.status:
+            if s.name.startswith('collision_guard_node'):
+                guard_diag.update({kv.key: kv.value for kv in s.values})
+
+    node = probe.node
+    node.create_subscription(String, '/sim_robot_node/task_status', on_status,
+                             QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+    proposals = node.create_publisher(JointTrajectory, '/policy/joint_trajectory', 10)
+    try:
+        wait_for(lambda: guard_diag.get('joint_state') == 'fresh' or not guard.alive(), 90,
+                 'the guard to hear the sim')
+        from std_srvs.srv import Trigger
+        reset = node.create_client(Trigger, '/sim_robot_node/reset')
+        assert reset.wait_for_service(timeout_sec=30)
+        episode = status.get('episode', 0)
+        reset.call_async(Trigger.Request())
+        wait_for(lambda: status.get('episode', 0) > episode, 30, 'the episode to restart')
+        assert status['episode_time'] < START_S - 0.2, f'the status came too late: {status}'
+        msg = JointTrajectory(joint_names=list(PANDA_JOINTS))
+        msg.header.stamp = seconds_to_stamp(status['sim_time'] - status['episode_time'] + START_S)
+        for k, row in enumerate(points):
+            msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in row],
+                                                   time_from_start=seconds_to_duration((k + 1) * dt)))
+        proposals.publish(msg)
+        wait_for(lambda: status.get('done') or not (sim.alive() and guard.alive()), 60, 'the episode to end')
+        wait_for(lambda: 'executing_blocked' in guard_diag, 5, 'guard diagnostics')
+        assert sim.alive() and guard.alive(), guard.output
+        assert int(guard_diag['chunks_passed']) >= 1, f'the trajectory was not forwarded: {guard_diag}'
+        assert int(guard_diag['executing_blocked']) >= 1, f'the guard never cut it: {guard_diag}'
+        contacts = status['info']['moving_obstacle_contacts']
+        assert contacts == 0, f'the box hit the arm {contacts} time(s); guard: {guard_diag}\n{guard.output}'
+    finally:
+        probe.close()
+        for proc in (guard, sim):
+            proc.stop()
