@@ -172,3 +172,23 @@ def test_switching_task_on_reset_rebuilds_the_scene(arm):
     assert 'side' in arm.task_status().info
     arm.reset(task='pick_place', seed=3)
     assert {o.name for o in arm.scene_objects()} == {'table'}
+
+
+def test_a_dynamic_task_moves_its_box_on_the_seeded_schedule_and_lists_it_in_the_scene():
+    from diffusion_policy_ros.sim.tasks import sample_moving_obstacle
+    mover = sample_moving_obstacle('pick_place_dynamic', 5)
+    again = sample_moving_obstacle('pick_place_dynamic', 5)
+    assert 0.05 <= mover.speed <= 0.3 and (mover.start_time, mover.speed) == (again.start_time, again.speed)
+    assert sample_moving_obstacle('pick_place', 5) is None
+    with SimArm(SimConfig(task='pick_place_dynamic', seed=5)) as arm:
+        assert arm.moving_obstacle.start_time == mover.start_time
+        layout = arm.layout  # the static layout is the base task's for the same seed
+        with SimArm(SimConfig(task='pick_place', seed=5)) as static:
+            np.testing.assert_allclose(static.layout.cube_position, layout.cube_position)
+            assert [o.name for o in static.scene_objects()] == ['table'] and static.moving_obstacle is None
+        for t in (0.2, mover.start_time + 1.0, mover.start_time + mover.travel_s + 1.0):
+            arm.step_until(t)
+            box = {o.name: o for o in arm.scene_objects()}['moving_obstacle']
+            np.testing.assert_allclose(box.pose[:3], mover.position(arm.sim_time), atol=1e-9)
+        assert box.pose[0] == pytest.approx(0.25)  # it stops in front of the base
+        assert arm.task_status().info['moving_obstacle_contacts'] == 0  # the arm stayed out of its way

@@ -206,8 +206,8 @@ class SimArm:
         while self._steps < target:
             q, v = self._trajectory.setpoint(self.sim_time)
             ctrl[self._actuator_ids] = q + self._feedforward * v
-            if self._mover is not None:
-                data.mocap_pos[self._mover_mocap] = self._mover.position(self.sim_time)
+            if self._mover is not None:  # where it is at the end of this step
+                data.mocap_pos[self._mover_mocap] = self._mover.position((self._steps + 1) * model.opt.timestep)
             mujoco.mj_step(model, data)
             self._steps += 1
             self._monitor.update(data)
