@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'distill': ('diffusion_policy_ros.training.distill', 'distil a trained policy into a 1- or 2-step student'),
     'export': ('diffusion_policy_ros.training.export', 'write a checkpoint with half-precision weights for release'),
     'eval': ('diffusion_policy_ros.sim.evaluate', 'closed-loop success rate of a checkpoint in sim'),
+    'bench-planning': ('diffusion_policy_ros.sim.bench_planning',
+                       'diffusion alone vs + collision guard vs classical planning, static and moving obstacles'),
     'sweep': ('diffusion_policy_ros.sim.sweeps', 'DDIM-steps / action-horizon sweeps in sim'),
     'viz-denoise': ('diffusion_policy_ros.core.visualize', 'plot an action chunk going from noise to actions'),
     'replay': ('diffusion_policy_ros.nodes.replay', 'replay a rosbag through the nodes and score them'),

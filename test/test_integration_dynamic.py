@@ -98,3 +98,26 @@ def test_the_guard_cuts_a_trajectory_the_moving_box_will_cross_before_contact():
         probe.close()
         for proc in (guard, sim):
             proc.stop()
+
+
+def test_the_guard_in_the_sim_loop_keeps_the_box_off_the_arm():
+    """The same scenario through sim/hybrid.py's GuardFilter (the benchmark's hybrid arm), no DDS."""
+    from diffusion_policy_ros.sim.hybrid import GuardFilter
+    from diffusion_policy_ros.sim.rollout import rollout
+    points, dt = crossing_trajectory()
+    # The trajectory resampled on the control grid, sent once at START_S like a long proposed chunk.
+    grid = np.stack([np.interp(np.arange(1, 1 + int(POINTS * dt / 0.1)) * 0.1, (np.arange(POINTS) + 1) * dt,
+                               points[:, j]) for j in range(points.shape[1])], axis=1)
+    with SimArm(SimConfig(task=TASK, seed=SEED)) as arm:
+        guard = GuardFilter(arm)
+        sent = {'done': False}
+
+        def act(t: float):
+            if t >= START_S - 1e-9 and not sent['done']:
+                sent['done'] = True
+                return guard(t, grid, 0.1)
+            return guard(t, None, 0.1)
+
+        rollout(arm, act, cameras=())
+        assert guard.guard.counters.executing_blocked >= 1
+        assert arm.task_status().info['moving_obstacle_contacts'] == 0

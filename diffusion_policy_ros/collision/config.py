@@ -30,7 +30,7 @@ class CollisionGuardConfig:
     jerk_limits: tuple[float, ...] = (30.0,)  # rad/s^3, one value or one per joint
     planning_time_budget_s: float = 0.1
     # s: a marker object seen moving is held swept over where it goes in this time (0: where it is)
-    moving_object_lookahead_s: float = 0.5
+    moving_object_lookahead_s: float = 1.0
     control_period_s: float = 0.1  # spacing of the fallback's trajectory points
     planner_seed: int = 0  # 0: a fresh random seed per process; > 0: reproducible plans
     moveit_group: str = 'arm'

@@ -43,7 +43,7 @@ from ..core.config import ExecutionConfig, ExecutionSettings
 from ..data.image_codec import prepare_model_image
 from ..robot_description import PANDA_JOINTS, panda_description
 from .arm import SimArm, SimConfig
-from .model import TASKS, mujoco
+from .model import ALL_TASKS, base_task, mujoco
 from .rollout import rollout
 
 DEFAULT_EVAL_SEED = 1000  # demos use seeds 0..N-1 (+ retries): evaluation starts well past them
@@ -60,6 +60,9 @@ _EPS = 1e-9
 
 
 # ----------------------------------------------------------------------------------------- statistics
+# (t, the policy's points in PANDA_JOINTS order or None, dt) -> the points to send (or None)
+CommandFilter = Callable[[float, 'np.ndarray | None', float], 'np.ndarray | None']
+
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (95 % by default).
 
@@ -195,6 +198,7 @@ class EpisodeOutcome:
     inference_calls: int
     dropped_actions: int  # actions already stale when their chunk arrived (latency compensation)
     hold_s: dict[str, float] = field(default_factory=dict)  # seconds in HOLD per reason
+    path_length_rad: float = math.nan  # arm joints' summed motion between control ticks
 
 
 @dataclass
@@ -344,7 +348,10 @@ class _EpisodeLoop:
     episode_seconds: float | None
 
     def run(self, arm: SimArm, seed: int, policy_fn: Callable[[dict[str, np.ndarray]], np.ndarray],
-            gif_path: Path | None = None) -> tuple[EpisodeOutcome, list[float]]:
+            gif_path: Path | None = None, command_filter: CommandFilter | None = None,
+            ) -> tuple[EpisodeOutcome, list[float]]:
+        """One episode; `command_filter(t, points or None, dt)` stands between the policy and the arm
+        (the collision guard in the benchmark) and returns what is sent instead."""
         arm.reset(task=self.task, seed=seed)
         period = 1.0 / arm.cfg.control_hz
         joints = list(self.limits.names)
@@ -378,11 +385,15 @@ class _EpisodeLoop:
             if gif is not None:
                 gif.capture()
             result = controller.tick(t)
-            if result.points is None:
+            points = None if result.points is None else result.points[:, to_panda]
+            if command_filter is not None:
+                measured.append(arm.joint_state()[1][:7].copy())
+                return command_filter(t, points, period)
+            if points is None:
                 return None
             measured.append(np.asarray(controller.history.latest_joint_positions())[arm_joints])
             # The node's rule: point k is due (k + 1) periods from now (PolicyController.tick).
-            return result.points[:, to_panda]
+            return points
 
         try:
             result = rollout(arm, act, on_joint_state=on_joint_state, on_image=on_image if self.cameras else None,
@@ -398,7 +409,8 @@ class _EpisodeLoop:
             info=json_safe(dict(result.status.info)),
             mean_squared_jerk=mean_squared_jerk(np.array(measured), period) if measured else math.nan,
             inference_calls=worker.stats.chunks_produced, dropped_actions=controller.executor.stats.dropped_actions,
-            hold_s={code.value: round(s, 3) for code, s in controller.health.hold_seconds.items()})
+            hold_s={code.value: round(s, 3) for code, s in controller.health.hold_seconds.items()},
+            path_length_rad=float(np.abs(np.diff(np.array(measured), axis=0)).sum()) if len(measured) > 1 else math.nan)
         return outcome, worker.latency.snapshot().tolist()
 
 
@@ -407,7 +419,8 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
              blending: str | None = None, latency_s: float | None = None, device: str = 'cpu',
              gif_path: str | Path | None = None, arm: SimArm | None = None, sim_config: SimConfig | None = None,
              camera_map: Mapping[str, str] | None = None, episode_seconds: float | None = None,
-             progress: bool = False) -> EvalReport:
+             progress: bool = False,
+             command_filter_factory: Callable[[SimArm], CommandFilter] | None = None) -> EvalReport:
     """Run `episodes` closed-loop episodes of `task` on seeds `seed, seed + 1, ...` (see module doc).
 
     `checkpoint_or_policy`: a checkpoint directory/file, or a policy object with `.config`/`.cfg`,
@@ -417,10 +430,11 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
     sim seconds from observation to chunk (below one control period acts as one period).
     `arm` reuses a simulator (it is reset per episode); `sim_config` overrides the default one
     (cameras at the recording size, resized for the policy). `episode_seconds` cuts episodes short of the task's
-    time limit (smoke runs). `gif_path` gets a GIF of the first episode.
+    time limit (smoke runs). `gif_path` gets a GIF of the first episode. `command_filter_factory(arm)`
+    makes, per episode, what stands between the policy and the arm (the benchmark's collision guard).
     """
-    if task not in TASKS:
-        raise ValueError(f'evaluate: unknown task {task!r}; expected one of {TASKS}')
+    if task not in ALL_TASKS:
+        raise ValueError(f'evaluate: unknown task {task!r}; expected one of {ALL_TASKS}')
     if episodes < 1:
         raise ValueError(f'evaluate: episodes must be >= 1, got {episodes}')
     if episode_seconds is not None and not episode_seconds > 0:
@@ -484,8 +498,9 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
         for index, episode_seed in enumerate(seeds):
             policy_fn = policy_fn_for(torch.Generator().manual_seed(episode_seed))
             try:
-                outcome, episode_latencies = loop.run(arm, episode_seed, policy_fn,
-                                                      gif_file if index == 0 else None)
+                outcome, episode_latencies = loop.run(
+                    arm, episode_seed, policy_fn, gif_file if index == 0 else None,
+                    command_filter=command_filter_factory(arm) if command_filter_factory is not None else None)
             except Exception as exc:
                 raise RuntimeError(f'{label}: episode seed {episode_seed} of {task} failed: '
                                    f'{type(exc).__name__}: {exc}') from exc
@@ -511,7 +526,7 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
         latency_s=applied_latency, latency_source=latency_source, successes=successes,
         success_rate=successes / len(outcomes), success_ci95=wilson_interval(successes, len(outcomes)),
         inference_latency_s=latency_summary, mean_squared_jerk=float(np.mean(jerks)) if jerks else math.nan,
-        episodes=outcomes, reach_around=_reach_around_summary(outcomes) if task == 'reach_around' else None,
+        episodes=outcomes, reach_around=_reach_around_summary(outcomes) if base_task(task) == 'reach_around' else None,
         gif=str(gif_file) if gif_file is not None else None)
 
 
@@ -544,7 +559,7 @@ def _parse_camera_map(items: Sequence[str]) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', required=True, type=Path, help='checkpoint directory (DP or any policy)')
-    parser.add_argument('--task', required=True, choices=TASKS)
+    parser.add_argument('--task', required=True, choices=ALL_TASKS)
     parser.add_argument('--episodes', type=int, default=50)
     parser.add_argument('--seed', type=int, default=DEFAULT_EVAL_SEED,
                         help=f'first seed (default {DEFAULT_EVAL_SEED}: demos use 0..N-1, keep them held out)')

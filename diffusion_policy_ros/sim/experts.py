@@ -16,7 +16,7 @@ import numpy as np
 from ..robot_description import PANDA_JOINTS
 from .arm import SimArm
 from .kinematics import tcp_down_rotation
-from .model import CUBE_SIZE, OBSTACLE_SIZE
+from .model import CUBE_SIZE, OBSTACLE_SIZE, base_task
 from .tasks import PickPlaceLayout, ReachAroundLayout
 
 GRIPPER_OPEN = 0.04
@@ -85,7 +85,7 @@ class ScriptedExpert:
         self.cfg = cfg or ExpertConfig()
         self.rng = np.random.default_rng([arm.seed, 104729])
         self.control_dt = 1.0 / arm.cfg.control_hz
-        speed = TASK_SPEED[arm.task] if self.cfg.speed is None else self.cfg.speed
+        speed = TASK_SPEED[base_task(arm.task)] if self.cfg.speed is None else self.cfg.speed
         self.speed = speed * (1.0 + self.rng.uniform(-self.cfg.speed_jitter, self.cfg.speed_jitter))
         _, q, _ = arm.joint_state()
         self._q = q[:7].copy()
