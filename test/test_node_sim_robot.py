@@ -170,7 +170,8 @@ class SimClient:
         self.joint_states, self.images, self.wrist_images, self.clock = Inbox(), Inbox(), Inbox(), Inbox()
         self.scene, self.status = Inbox(), Inbox(lambda m: json.loads(m.data))
         n = self.node
-        n.create_subscription(JointState, '/joint_states', self.joint_states, 50)
+        # 2 s of samples: a test process starved by a loaded machine must not lose any to a full queue
+        n.create_subscription(JointState, '/joint_states', self.joint_states, 200)
         n.create_subscription(Image, '/camera/color/image_raw', self.images, 10)
         n.create_subscription(Image, '/camera/wrist/image_raw', self.wrist_images, 10)
         n.create_subscription(Clock, '/clock', self.clock, 50)
