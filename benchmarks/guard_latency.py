@@ -6,7 +6,10 @@ measured is a second collision_guard_node on its own topics, with the params fil
 fed joint states at HOME (100 Hz) from this process. Probes alternate: a free chunk (joint 1 turns away
 from the box: forwarded unchanged) and a colliding one (joint 1 turns through the box: replaced by a
 fallback plan). Each probe waits for the guard's answer; latency is from publishing the probe to
-receiving the answer, wall clock, in this process (both DDS hops included). Prints one JSON object.
+receiving the answer, wall clock, in this process (both DDS hops included). Scene probes measure the
+reaction to a scene update: a slow free chunk is forwarded (the arm "executes" it for 8 s), then a crate
+marker appears on its path; latency is from publishing the marker to receiving the cut the guard sends
+without any new proposal (issue 15's scene-update-to-reaction). Prints one JSON object.
 
     python benchmarks/guard_latency.py [--probes 200] [--no-load]
 """
@@ -62,8 +65,10 @@ def main() -> None:
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import JointState
     from trajectory_msgs.msg import JointTrajectory
+    from visualization_msgs.msg import Marker, MarkerArray
 
     from diffusion_policy_ros.nodes.messages import make_joint_trajectory
     from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS
@@ -93,6 +98,8 @@ def main() -> None:
     joints = node.create_publisher(JointState, TOPICS['joint_states_topic'], qos_profile_sensor_data)
     probes = node.create_publisher(JointTrajectory, TOPICS['input_topic'], 10)
     answer_sub = node.create_subscription(JointTrajectory, TOPICS['output_topic'], on_answer, 10)
+    scene = node.create_publisher(MarkerArray, TOPICS['scene_topic'], QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
     node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 20)
 
     def publish_joints() -> None:
@@ -105,14 +112,38 @@ def main() -> None:
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
 
-    def chunk(turn: float) -> JointTrajectory:
-        goal = home + np.eye(len(home))[0] * turn
-        return make_joint_trajectory(PANDA_JOINTS, np.linspace(home, goal, 17)[1:], 0.1,
+    def chunk(turn: float, elbow: float = 0.0, dt: float = 0.1) -> JointTrajectory:
+        goal = home + np.eye(len(home))[0] * turn + np.eye(len(home))[3] * elbow
+        return make_joint_trajectory(PANDA_JOINTS, np.linspace(home, goal, 17)[1:], dt,
                                      node.get_clock().now().to_msg())
 
+    def crate(action: int) -> MarkerArray:
+        marker = Marker(ns='bench', id=1, type=Marker.CUBE, action=action, text='crate')
+        marker.header.frame_id = 'panda_link0'
+        marker.header.stamp = node.get_clock().now().to_msg()
+        # where the hand ends on the scene probe's path (joint 1 -0.6, joint 4 +0.2), clear of it at HOME
+        marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = 0.25, -0.171, 0.685
+        marker.pose.orientation.w = 1.0
+        marker.scale.x = marker.scale.y = marker.scale.z = 0.08
+        return MarkerArray(markers=[marker])
+
+    def answer_to(publish, what: str) -> tuple[float, JointTrajectory]:
+        with lock:
+            count = len(answers)
+        sent = time.perf_counter()
+        publish()
+        while True:
+            with lock:
+                if len(answers) > count:
+                    received, answer = answers[count]
+                    return received - sent, answer
+            if time.perf_counter() - sent > 5.0:
+                raise SystemExit(f'no answer to a {what} probe within 5 s')
+            time.sleep(0.0002)
+
     code = 0
-    latency: dict[str, list[float]] = {'free': [], 'colliding': []}
-    kinds: dict[str, list[int]] = {'free': [], 'colliding': []}
+    latency: dict[str, list[float]] = {'free': [], 'colliding': [], 'scene': []}
+    kinds: dict[str, list[int]] = {'free': [], 'colliding': [], 'scene': []}
     try:
         deadline = time.monotonic() + 180
         while diagnostics.get(MEASURED, {}).get('joint_state') != 'fresh' or \
@@ -124,37 +155,37 @@ def main() -> None:
             while 'policy_node' not in diagnostics and time.monotonic() < deadline:
                 time.sleep(0.2)
         time.sleep(2.0)
-        for i in range(2 * args.probes):
-            kind = 'free' if i % 2 == 0 else 'colliding'
-            msg = chunk(-0.3 if kind == 'free' else 1.57)
-            with lock:
-                count = len(answers)
-            sent = time.perf_counter()
-            probes.publish(msg)
-            while True:
-                with lock:
-                    if len(answers) > count:
-                        received, answer = answers[count]
-                        break
-                if time.perf_counter() - sent > 5.0:
-                    raise SystemExit(f'no answer to a {kind} probe within 5 s')
-                time.sleep(0.0002)
-            latency[kind].append(received - sent)
+        for i in range(3 * args.probes):
+            kind = ('free', 'colliding', 'scene')[i % 3]
+            began = time.perf_counter()
+            if kind == 'scene':
+                slow = chunk(-0.6, 0.2, dt=0.5)
+                waited, _ = answer_to(lambda: probes.publish(slow), 'slow free')
+                took, answer = answer_to(lambda: scene.publish(crate(Marker.ADD)), 'scene')
+                scene.publish(crate(Marker.DELETE))
+                time.sleep(0.05)  # the guard drops the crate before the next probe
+            else:
+                msg = chunk(-0.3 if kind == 'free' else 1.57)
+                took, answer = answer_to(lambda: probes.publish(msg), kind)
+            latency[kind].append(took)
             kinds[kind].append(len(answer.points))
-            time.sleep(max(0.0, 0.1 - (time.perf_counter() - sent)))  # the policy's 10 Hz
+            time.sleep(max(0.0, 0.1 - (time.perf_counter() - began)))  # the policy's 10 Hz
         guard = diagnostics.get(MEASURED, {})
         result = {
             'benchmark': 'guard_latency', 'load': 'none' if args.no_load else 'sim + policy + guard of config/sim.yaml',
             'free': percentiles(latency['free']), 'colliding': percentiles(latency['colliding']),
+            'scene_update_to_cut': percentiles(latency['scene']),
+            'scene_cuts_shorter_than_the_chunk': int(sum(n < 16 for n in kinds['scene'])),
             'free_forwarded_unchanged': int(sum(n == 16 for n in kinds['free'])),
             'colliding_replaced': int(sum(n != 16 for n in kinds['colliding'])),
             'guard_diagnostics': {k: guard.get(k) for k in (
                 'check_latency_p50_ms', 'check_latency_p99_ms', 'planning_time_p50_ms', 'planning_time_p99_ms',
                 'output_latency_free_p99_ms', 'output_latency_blocked_p99_ms', 'fallbacks_planned',
-                'planning_failures', 'plans_superseded')},
+                'planning_failures', 'plans_superseded', 'executing_blocked', 'output_latency_scene_p50_ms',
+                'output_latency_scene_p99_ms')},
             'policy_inference_p50_ms': diagnostics.get('policy_node', {}).get('inference_latency_p50_ms'),
             'policy_inference_p99_ms': diagnostics.get('policy_node', {}).get('inference_latency_p99_ms'),
-            'target': 'free p99 <= 10 ms, colliding p99 <= 150 ms',
+            'target': 'free p99 <= 10 ms, colliding p99 <= 150 ms, scene update to cut p99 <= 100 ms',
         }
         print(json.dumps(result, indent=2))
     except SystemExit as err:
