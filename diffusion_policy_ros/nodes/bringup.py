@@ -103,7 +103,9 @@ class BringUp:
             threading.Thread(target=self._relay, args=(launch.executable, proc, self.log or sys.stdout),
                              daemon=True).start()
         if not rclpy.ok():
-            rclpy.init()
+            # No rclpy signal handlers: they would swallow SIGINT/SIGTERM (shut the context down without
+            # raising), and bring-up would wait forever; main() turns both signals into a clean stop.
+            rclpy.init(signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
         self._node = rclpy.create_node('bringup')
         for launch in self.launches:
             if launch.lifecycle:
@@ -174,7 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     config = resolve_config('config/robot.yaml' if args.robot else args.config)
     apply_dds_profile()  # for bring-up's own participant and, inherited, for every node it starts
     bringup = BringUp(plan_bringup(config, args.set))
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # SIGINT from a terminal or a supervisor, SIGTERM from systemd or `kill`: both stop every node.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     code = 0
     try:
         bringup.start()
@@ -183,15 +191,18 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         print(f'[bringup] {reason}; stopping the others', flush=True)
         code = 1
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as stop:
+        print(f'[bringup] {stop or "SIGINT"}: stopping every node', flush=True)
     except (RuntimeError, TimeoutError) as err:
         print(f'[bringup] {err}', file=sys.stderr, flush=True)
         code = 1
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bringup.stop()
         if rclpy.ok():
             rclpy.shutdown()
+        print('[bringup] stopped', flush=True)
     return code
 
 
