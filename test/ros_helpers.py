@@ -86,3 +86,25 @@ class SpinningNode:
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
+
+
+def watch_sim_and_guard(node: Node) -> tuple[dict, dict[str, str]]:
+    """Subscribe `node` to the sim's task status (latched JSON) and the guard's /diagnostics values;
+    returns the two dicts the callbacks keep up to date."""
+    import json
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+    from std_msgs.msg import String
+    status: dict = {}
+    guard_diag: dict[str, str] = {}
+
+    def on_diag(msg: DiagnosticArray) -> None:
+        for s in msg.status:
+            if s.name.startswith('collision_guard_node'):
+                guard_diag.update({kv.key: kv.value for kv in s.values})
+
+    node.create_subscription(String, '/sim_robot_node/task_status', lambda msg: status.update(json.loads(msg.data)),
+                             QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+    return status, guard_diag

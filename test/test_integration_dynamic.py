@@ -3,13 +3,8 @@ the guard the arm is hit; with the guard over DDS (sim on /clock, the box on the
 the trajectory is cut while it executes, before the contact, with no new proposal (issue 15)."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import DurabilityPolicy, QoSProfile
-from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from diffusion_policy_ros.nodes.messages import seconds_to_duration, seconds_to_stamp
@@ -18,7 +13,7 @@ from diffusion_policy_ros.sim.arm import SimArm, SimConfig
 from diffusion_policy_ros.sim.kinematics import tcp_down_rotation
 from diffusion_policy_ros.sim.tasks import sample_moving_obstacle
 
-from ros_helpers import NodeProcess, SpinningNode, wait_for
+from ros_helpers import NodeProcess, SpinningNode, wait_for, watch_sim_and_guard
 
 TASK, SEED = 'reach_around_dynamic', 2  # the box: 0.295 m/s along -x at y -0.155, from t 1.47 s
 START_S = 1.0  # episode time the trajectory starts at
@@ -55,21 +50,8 @@ def test_the_guard_cuts_a_trajectory_the_moving_box_will_cross_before_contact():
                       {'task': TASK, 'seed': SEED, 'camera_rate_hz': 2.0})
     guard = NodeProcess('diffusion_policy_ros.nodes.collision_guard_node', {'use_sim_time': True})
     probe = SpinningNode('dynamic_probe')
-    status: dict = {}
-    guard_diag: dict[str, str] = {}
-
-    def on_status(msg: String) -> None:
-        status.update(json.loads(msg.data))
-
-    def on_diag(msg: DiagnosticArray) -> None:
-        for s in msg.status:
-            if s.name.startswith('collision_guard_node'):
-                guard_diag.update({kv.key: kv.value for kv in s.values})
-
     node = probe.node
-    node.create_subscription(String, '/sim_robot_node/task_status', on_status,
-                             QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+    status, guard_diag = watch_sim_and_guard(node)
     proposals = node.create_publisher(JointTrajectory, '/policy/joint_trajectory', 10)
     try:
         wait_for(lambda: guard_diag.get('joint_state') == 'fresh' or not guard.alive(), 90,

@@ -3,15 +3,12 @@ collision_guard_node, on sim time. A box is added to the guard's scene at run ti
 policy wants to go: the guard must block those chunks and the arm must never enter the box."""
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
-from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from diffusion_policy_ros.collision.checker import CollisionChecker
@@ -19,7 +16,7 @@ from diffusion_policy_ros.collision.robot_model import RobotModel
 from diffusion_policy_ros.collision.scene import Scene, SceneObject
 from diffusion_policy_ros.robot_description import panda_description
 
-from ros_helpers import ROOT, NodeProcess, SpinningNode, wait_for
+from ros_helpers import ROOT, NodeProcess, SpinningNode, wait_for, watch_sim_and_guard
 
 pytestmark = pytest.mark.ros
 CHECKPOINT = ROOT / 'models' / 'reach_around'
@@ -47,8 +44,6 @@ def test_arm_never_enters_an_obstacle_added_to_the_scene():
     probe = SpinningNode('stack_probe')
     lock = threading.Lock()
     states: list[np.ndarray] = []
-    status: dict = {}
-    guard_diag: dict[str, str] = {}
     recording = threading.Event()
 
     def on_joints(msg: JointState) -> None:
@@ -56,19 +51,10 @@ def test_arm_never_enters_an_obstacle_added_to_the_scene():
             with lock:
                 states.append(np.array(msg.position))
 
-    def on_status(msg: String) -> None:
-        status.update(json.loads(msg.data))
-
-    def on_diag(msg: DiagnosticArray) -> None:
-        for s in msg.status:
-            if s.name.startswith('collision_guard_node'):
-                guard_diag.update({kv.key: kv.value for kv in s.values})
-
     latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     node = probe.node
     node.create_subscription(JointState, '/joint_states', on_joints, qos_profile_sensor_data)
-    node.create_subscription(String, '/sim_robot_node/task_status', on_status, latched)
-    node.create_subscription(DiagnosticArray, '/diagnostics', on_diag, 10)
+    status, guard_diag = watch_sim_and_guard(node)
     scene_pub = node.create_publisher(MarkerArray, '/collision_scene', latched)
     try:
         wait_for(lambda: guard_diag.get('scene_objects') is not None or not guard.alive(), 90, 'guard diagnostics')
