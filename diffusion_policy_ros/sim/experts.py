@@ -182,3 +182,8 @@ class ScriptedExpert:
 
     def finished(self, t: float) -> bool:
         return t >= self.duration
+
+    @property
+    def segment_end_times(self) -> np.ndarray:
+        """Plan time at which each segment ends (the classical pipeline plans to these poses)."""
+        return self._starts[1:].copy()

@@ -174,8 +174,8 @@ class ClassicalController:
         self.costs = CycleCosts()
         expert = ScriptedExpert(arm, ExpertConfig(waypoint_noise=0.0, speed_jitter=0.0))
         self.legs = []
-        for k, segment in enumerate(expert.segments):
-            goal = expert.joint_target(float(expert._starts[k + 1]))
+        for segment, end in zip(expert.segments, expert.segment_end_times):
+            goal = expert.joint_target(float(end))
             still = np.allclose(segment.path[0], segment.path[-1])
             self.legs.append(_Leg(goal, segment.duration if still else 0.0))
         self.leg = 0
