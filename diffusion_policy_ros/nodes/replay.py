@@ -433,6 +433,11 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
         outputs = [plan.policy_topic, '/diagnostics'] + ([plan.guard_topic] if plan.guard_topic else [])
         _wait(lambda: all(recorder.subscriptions[t].get_publisher_count() > 0 for t in outputs),
               cfg.discovery_timeout_s, f'publishers on {outputs}', failed)
+        if plan.guard_topic is not None:
+            # The guard listens to the policy too (besides this recorder): on a loaded machine discovery
+            # took longer than a short bag, and the guard reviewed none of the chunks.
+            _wait(lambda: node.count_subscribers(plan.policy_topic) >= 2, cfg.discovery_timeout_s,
+                  f'the guard subscribed to {plan.policy_topic}', failed)
         recorder.playing = True
         log('[replay] nodes connected; playing')
         playback = threading.Thread(target=lambda: player.play(cfg.bag, start_ns, end_ns), daemon=True)
