@@ -177,8 +177,7 @@ class CollisionGuard:
 
         names = tuple(chunk.joint_names)
         columns = _joint_columns(self.checker.joint_names, names)
-        waypoints = np.repeat(start[None], len(chunk.positions), axis=0)
-        waypoints[:, columns] = chunk.positions
+        waypoints = _full_configuration(start, columns, chunk.positions)
         began = time.perf_counter()
         result = self.checker.check_path(start, waypoints, self.max_joint_step)
         check_time = time.perf_counter() - began
@@ -269,8 +268,7 @@ class CollisionGuard:
         if problem is not None:
             return self.reject(measured, chunk.joint_names, problem)
         columns = _joint_columns(self.checker.joint_names, chunk.joint_names)
-        waypoints = np.repeat(start[None], len(chunk.positions), axis=0)
-        waypoints[:, columns] = chunk.positions
+        waypoints = _full_configuration(start, columns, chunk.positions)
         result = self.checker.check_path(start, waypoints, self.max_joint_step)
         if result.valid:
             return decision
@@ -315,8 +313,7 @@ class CollisionGuard:
             return None  # at rest at its last point; or unmeasurable, which the next check rejects
         names = tuple(chunk.joint_names)
         columns = _joint_columns(self.checker.joint_names, names)
-        waypoints = np.repeat(start[None], int(remaining.sum()), axis=0)
-        waypoints[:, columns] = chunk.positions[remaining]
+        waypoints = _full_configuration(start, columns, chunk.positions[remaining])
         began = time.perf_counter()
         result = self.checker.check_path(start, waypoints, self.max_joint_step)
         stats = ReviewStats(time.perf_counter() - began, result.checked_states, result.first_colliding_index,
@@ -394,8 +391,7 @@ class CollisionGuard:
             self._clear_fallback(active)
             return None
         remaining = times > elapsed
-        waypoints = np.repeat(start[None], int(remaining.sum()), axis=0)
-        waypoints[:, columns] = active.chunk.positions[remaining]
+        waypoints = _full_configuration(start, columns, active.chunk.positions[remaining])
         if not self.checker.check_path(start, waypoints, self.max_joint_step).valid:
             self._clear_fallback(active)
             return None
@@ -429,6 +425,14 @@ class CollisionGuard:
         columns = _joint_columns(self.checker.joint_names, names)
         position = np.clip(position, self.checker.lower[columns], self.checker.upper[columns])
         return TrajectoryChunk(tuple(names), position, np.array([self.hold_time_s]))
+
+
+def _full_configuration(start: np.ndarray, columns: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rows of `positions` (the chunk's joints) completed to the checker's joints from `start`: joints a
+    chunk leaves out stay where they are measured."""
+    full = np.repeat(start[None], len(positions), axis=0)
+    full[:, columns] = positions
+    return full
 
 
 def _joint_columns(model_names: Sequence[str], chunk_names: Sequence[str]) -> np.ndarray:

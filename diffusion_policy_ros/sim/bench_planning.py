@@ -30,7 +30,8 @@ import numpy as np
 
 from ..paths import share_dir
 from .arm import SimArm, SimConfig
-from .evaluate import DEFAULT_EVAL_SEED, EpisodeOutcome, evaluate, json_safe, mean_squared_jerk, wilson_interval
+from .evaluate import (DEFAULT_EVAL_SEED, EpisodeOutcome, evaluate, json_safe, mean_squared_jerk, path_length,
+                       wilson_interval)
 from .hybrid import ARM, ClassicalController, CycleCosts, GuardFilter
 from .model import TASKS
 from .rollout import rollout
@@ -93,7 +94,7 @@ def run_classical(task: str, seeds: Sequence[int]) -> tuple[list[EpisodeOutcome]
                 seed=seed, success=bool(result.status.success), duration_s=float(result.duration),
                 info=json_safe(dict(result.status.info)), mean_squared_jerk=mean_squared_jerk(path, period),
                 inference_calls=0, dropped_actions=0,
-                path_length_rad=float(np.abs(np.diff(path, axis=0)).sum()) if len(path) > 1 else math.nan))
+                path_length_rad=path_length(path)))
     return outcomes, costs
 
 

@@ -81,6 +81,12 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     return max(0.0, center - half), min(1.0, center + half)
 
 
+def path_length(positions: np.ndarray) -> float:
+    """Summed absolute joint motion between consecutive rows (rad); NaN with fewer than two rows."""
+    positions = np.asarray(positions, dtype=float)
+    return float(np.abs(np.diff(positions, axis=0)).sum()) if len(positions) > 1 else math.nan
+
+
 def mean_squared_jerk(positions: np.ndarray, dt: float) -> float:
     """Mean over time of |d^3 q / dt^3|^2 (summed over joints) of a path sampled every `dt` seconds.
 
@@ -410,7 +416,7 @@ class _EpisodeLoop:
             mean_squared_jerk=mean_squared_jerk(np.array(measured), period) if measured else math.nan,
             inference_calls=worker.stats.chunks_produced, dropped_actions=controller.executor.stats.dropped_actions,
             hold_s={code.value: round(s, 3) for code, s in controller.health.hold_seconds.items()},
-            path_length_rad=float(np.abs(np.diff(np.array(measured), axis=0)).sum()) if len(measured) > 1 else math.nan)
+            path_length_rad=path_length(np.array(measured)))
         return outcome, worker.latency.snapshot().tolist()
 
 

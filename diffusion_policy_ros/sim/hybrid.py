@@ -236,7 +236,3 @@ class ClassicalController:
         self.leg += 1
         self._plan = None
 
-
-def path_length(measured: np.ndarray) -> float:
-    """Sum of the arm joints' absolute motion between control ticks (rad)."""
-    return float(np.abs(np.diff(measured[:, :ARM], axis=0)).sum()) if len(measured) > 1 else 0.0
