@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from .config import ActionSpec, ObservationSpec, PolicyConfig
 from .normalizer import Normalizer
 from .policy import Policy, build_policy
+from ..errors import UserError
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = 'model.safetensors'
@@ -27,7 +28,7 @@ CONFIG_FILE = 'config.json'
 REQUIRED_KEYS = ('format_version', 'policy_config', 'observation_spec', 'action_spec', 'normalizer')
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be used; the message names the file and what is wrong."""
 
 

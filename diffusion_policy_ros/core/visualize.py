@@ -243,19 +243,19 @@ def visualize_denoising(checkpoint_or_policy: Any, out_dir: str | Path, *, task:
 
 # ----------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--checkpoint', required=True, type=Path)
-    parser.add_argument('--out', required=True, type=Path)
+    parser.add_argument('--checkpoint', required=True, type=Path, help='checkpoint directory or run folder')
+    parser.add_argument('--out', required=True, type=Path, help='folder for the plots and the GIF')
     parser.add_argument('--task', default='reach_around', choices=('reach_around', 'pick_place'),
                         help='sim task the observation comes from')
     parser.add_argument('--seed', type=int, default=1000, help='episode seed of the observation')
     parser.add_argument('--at-time', type=float, default=None,
                         help='sim seconds the scripted expert drives before the window is taken')
-    parser.add_argument('--ddpm-steps', type=int, default=100)
-    parser.add_argument('--ddim-steps', type=int, default=20)
+    parser.add_argument('--ddpm-steps', type=int, default=100, help='steps of the DDPM trace')
+    parser.add_argument('--ddim-steps', type=int, default=20, help='steps of the DDIM trace')
     parser.add_argument('--joints', type=int, nargs='+', default=list(DEFAULT_JOINTS), help='action indices to plot')
-    parser.add_argument('--noise-seed', type=int, default=0)
+    parser.add_argument('--noise-seed', type=int, default=0, help='seed of the starting noise (both traces share it)')
     parser.add_argument('--gif-frames', type=int, default=GIF_FRAMES, help='frames from noise to actions')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', help='torch device: cpu | cuda | cuda:N')
 
 
 def run(args: argparse.Namespace) -> int:

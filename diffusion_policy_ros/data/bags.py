@@ -18,6 +18,7 @@ from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
 from .image_codec import ENCODINGS, encode_rgb8
+from ..errors import UserError
 
 # The distro of the rclpy wheels this project runs on; older rosbags lack it.
 TYPESTORE: Typestore = get_typestore(getattr(Stores, 'ROS2_KILTED', Stores.ROS2_JAZZY))
@@ -25,7 +26,7 @@ TYPESTORE: Typestore = get_typestore(getattr(Stores, 'ROS2_KILTED', Stores.ROS2_
 _STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 
 
-class BagError(RuntimeError):
+class BagError(UserError, RuntimeError):
     """A bag that is missing, truncated or corrupt; the message names the bag."""
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .bags import BagError, bag_topics, find_bags, read_messages
 from .image_codec import ImageDecodeError, decode_compressed, decode_image, prepare_model_image, to_rgb8
+from ..errors import UserError
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
@@ -37,7 +38,7 @@ FORMAT = 'diffusion_policy_ros/episodes/v1'
 NS = 1_000_000_000
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A dataset config that is malformed; the message names the file and key."""
 
 

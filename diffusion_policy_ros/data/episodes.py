@@ -16,11 +16,12 @@ import numpy as np
 import torch
 import zarr
 from torch.utils.data import Dataset
+from ..errors import UserError
 
 LOW_DIM_KEYS = ('state', 'action')
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset that is missing arrays or has inconsistent lengths; the message names the key/file."""
 
 

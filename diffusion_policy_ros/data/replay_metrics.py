@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .bags import BagError, bag_topics, read_messages
+from ..errors import UserError
 
 NS = 1_000_000_000
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -45,7 +46,7 @@ GUARD_COUNTERS = ('chunks_reviewed', 'chunks_passed', 'blocked_chunks', 'fallbac
                   'planning_failures', 'holds', 'rejected_messages')
 
 
-class ReplayInputError(ValueError):
+class ReplayInputError(UserError, ValueError):
     """The bag cannot be replayed with these parameters; the message lists every problem found."""
 
 

@@ -565,8 +565,8 @@ def _parse_camera_map(items: Sequence[str]) -> dict[str, str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--checkpoint', required=True, type=Path, help='checkpoint directory (DP or any policy)')
-    parser.add_argument('--task', required=True, choices=ALL_TASKS)
-    parser.add_argument('--episodes', type=int, default=50)
+    parser.add_argument('--task', required=True, choices=ALL_TASKS, help='sim task to evaluate on')
+    parser.add_argument('--episodes', type=int, default=50, help='episodes, one seed each')
     parser.add_argument('--seed', type=int, default=DEFAULT_EVAL_SEED,
                         help=f'first seed (default {DEFAULT_EVAL_SEED}: demos use 0..N-1, keep them held out)')
     parser.add_argument('--baseline', type=Path, default=None,
@@ -578,12 +578,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how chunks are blended (default: the checkpoint's)")
     parser.add_argument('--latency-s', type=float, default=None,
                         help='sim-time inference latency (default: measured, rounded up to control periods)')
-    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--device', default='cpu', help='torch device for inference: cpu | cuda | cuda:N')
     parser.add_argument('--camera', action='append', default=[], metavar='KEY=CAMERA',
                         help="map a checkpoint camera key to a sim camera (default: 'camera' -> scene)")
     parser.add_argument('--episode-seconds', type=float, default=None,
                         help="cut episodes short of the task's time limit (quick smoke runs)")
-    parser.add_argument('--no-gif', action='store_true')
+    parser.add_argument('--no-gif', action='store_true', help='do not write the GIF of the first episode')
 
 
 def run(args: argparse.Namespace) -> int:

@@ -84,15 +84,16 @@ def record_episode(task: str, seed: int, writer: DemoWriter, *, cfg: SimConfig |
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--task', required=True, choices=TASKS)
+    parser.add_argument('--task', required=True, choices=TASKS, help='sim task the scripted expert performs')
     parser.add_argument('--episodes', type=int, required=True, help='successful episodes to write')
     parser.add_argument('--out', type=Path, required=True, help='output directory (episode_0000/, ...)')
     parser.add_argument('--seed', type=int, default=0, help='first seed; each attempt takes the next one')
-    parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap')
+    parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='rosbag2 storage plugin format')
     parser.add_argument('--wrist-camera', action='store_true', help=f'also record {WRIST_IMAGE_TOPIC}')
-    parser.add_argument('--camera-hz', type=float, default=10.0)
-    parser.add_argument('--joint-state-hz', type=float, default=100.0)
-    parser.add_argument('--image-size', type=int, nargs=2, default=(96, 96), metavar=('H', 'W'))
+    parser.add_argument('--camera-hz', type=float, default=10.0, help='camera frames per sim second')
+    parser.add_argument('--joint-state-hz', type=float, default=100.0, help='JointState messages per sim second')
+    parser.add_argument('--image-size', type=int, nargs=2, default=(96, 96), metavar=('H', 'W'),
+                        help='camera image height and width in pixels')
     parser.add_argument('--max-attempts', type=int, default=None,
                         help='give up after this many attempts (default: 2 x episodes + 10)')
 

@@ -215,20 +215,23 @@ def plot_sweep(result: SweepResult, path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--checkpoint', required=True, type=Path)
-    parser.add_argument('--task', required=True, choices=TASKS)
-    parser.add_argument('--what', required=True, choices=SWEEPS)
+    parser.add_argument('--checkpoint', required=True, type=Path, help='checkpoint directory or run folder')
+    parser.add_argument('--task', required=True, choices=TASKS, help='sim task to evaluate on')
+    parser.add_argument('--what', required=True, choices=SWEEPS, help='the setting to sweep')
     parser.add_argument('--episodes', type=int, default=20, help='episodes per setting')
-    parser.add_argument('--out', type=Path, required=True)
-    parser.add_argument('--seed', type=int, default=DEFAULT_EVAL_SEED)
+    parser.add_argument('--out', type=Path, required=True, help='folder for the results: JSON, CSV, markdown table, plot')
+    parser.add_argument('--seed', type=int, default=DEFAULT_EVAL_SEED,
+                        help='first seed (held out from the demonstrations)')
     parser.add_argument('--values', type=int, nargs='+', default=None,
                         help=f'override the settings (default ddim_steps {list(DDIM_STEPS)}, '
                              f'action_horizon {list(ACTION_HORIZONS)})')
-    parser.add_argument('--latency-s', type=float, default=None)
+    parser.add_argument('--latency-s', type=float, default=None,
+                        help='sim-time inference latency (default: measured, rounded up to control periods)')
     parser.add_argument('--blending', choices=BLENDING_MODES, default=None,
                         help="how chunks are blended (default: the checkpoint's)")
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--episode-seconds', type=float, default=None)
+    parser.add_argument('--device', default='cpu', help='torch device for inference: cpu | cuda | cuda:N')
+    parser.add_argument('--episode-seconds', type=float, default=None,
+                        help="cut episodes short of the task's time limit (quick smoke runs)")
 
 
 def run(args: argparse.Namespace) -> int:

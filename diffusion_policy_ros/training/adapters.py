@@ -21,9 +21,10 @@ from diffusion_policy_ros.core.policy import build_policy
 from diffusion_policy_ros.data.episodes import (
     DatasetError, EpisodeData, SequenceDataset, load_episode_dataset, split_episodes, training_frames)
 from diffusion_policy_ros.training.config import TrainConfig
+from ..errors import UserError
 
 
-class DataSetupError(ValueError):
+class DataSetupError(UserError, ValueError):
     """The dataset cannot feed this config (missing camera key, too few episodes...)."""
 
 

@@ -16,13 +16,14 @@ from typing import Any
 import yaml
 
 from diffusion_policy_ros.core.config import PolicyConfig
+from ..errors import UserError
 
 AMP_MODES = ('bf16', 'fp16', 'none')
 DEVICES = ('auto', 'cpu', 'cuda')
 LR_SCHEDULES = ('cosine', 'constant', 'linear')
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError, ValueError):
     """A training config that cannot be used; the message names the file and the key."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class DistContext:
         return self.backend is not None
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(UserError, RuntimeError):
     """The requested device does not exist on this machine."""
 
 

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from ..errors import UserError
 
 STATE_TENSORS = 'train_state.safetensors'
 STATE_JSON = 'train_state.json'
 STATE_FORMAT_VERSION = 1
 
 
-class TrainStateError(ValueError):
+class TrainStateError(UserError, ValueError):
     """A training state that cannot be resumed from; the message names the file and the problem."""
 
 

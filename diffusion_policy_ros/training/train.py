@@ -38,12 +38,13 @@ from diffusion_policy_ros.training.ema import EMA
 from diffusion_policy_ros.training.plots import MetricsLog, plot_loss
 from diffusion_policy_ros.training.state import (
     STATE_JSON, TrainState, TrainStateError, capture_rng, load_train_state, restore_rng, save_train_state)
+from ..errors import UserError
 
 CHECKPOINTS = 'checkpoints'
 LATEST = 'latest'
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """A training run that cannot start or continue; the message says which input is at fault."""
 
 
