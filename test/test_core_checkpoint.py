@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from diffusion_policy_ros.core.checkpoint import (CheckpointError, load_checkpoint, read_checkpoint_config,
-                                                  save_checkpoint)
+                                                  resolve_checkpoint, save_checkpoint)
 from diffusion_policy_ros.core.config import ActionSpec, EncoderConfig, ObservationSpec, PolicyConfig
 from diffusion_policy_ros.core.normalizer import Normalizer
 from diffusion_policy_ros.core.policy import build_policy
@@ -203,3 +203,13 @@ def test_export_can_set_the_execution_defaults_and_refuses_impossible_ones(saved
     assert overrides == {'n_action_steps': 2, 'num_inference_steps': 3}
     with pytest.raises(ValueError, match='n_action_steps 99'):
         export_checkpoint(directory, tmp_path / 'bad', n_action_steps=99)
+
+
+def test_a_training_run_folder_loads_its_latest_checkpoint(tmp_path):
+    run = tmp_path / 'runs' / 'reach'
+    save_checkpoint(make_policy(), run / 'checkpoints' / 'step_000010')
+    latest = save_checkpoint(make_policy(), run / 'checkpoints' / 'latest', provenance={'steps': 20})
+    assert resolve_checkpoint(run) == (latest / 'config.json', latest / 'model.safetensors')
+    assert read_checkpoint_config(run)['provenance'] == {'steps': 20}
+    with pytest.raises(CheckpointError, match=r'config\.json: missing file .*run folder with checkpoints/latest'):
+        load_checkpoint(tmp_path / 'runs')  # neither a checkpoint nor a run folder: the message says both

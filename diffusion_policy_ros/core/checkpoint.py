@@ -80,10 +80,17 @@ def _atomic_write(target: Path, write: Any) -> None:
         raise
 
 
+# A training run folder keeps its newest checkpoint here (training/train.py writes it).
+RUN_LATEST = Path('checkpoints') / 'latest'
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
-    """(config.json, model.safetensors) for a checkpoint directory or either of its files."""
+    """(config.json, model.safetensors) for a checkpoint directory, either of its files, or a training
+    run folder (its checkpoints/latest, as `train --resume` takes it)."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not (path / CONFIG_FILE).exists() and (path / RUN_LATEST).is_dir():
+        directory = path / RUN_LATEST
+    elif path.is_dir():
         directory = path
     elif path.name in (WEIGHTS_FILE, CONFIG_FILE):
         directory = path.parent
@@ -94,7 +101,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for file in (config_path, weights_path):
         if not file.is_file():
-            raise CheckpointError(f'{file}: missing file (a checkpoint needs {CONFIG_FILE} and {WEIGHTS_FILE})')
+            raise CheckpointError(f'{file}: missing file (a checkpoint is a directory with {CONFIG_FILE} and '
+                                  f'{WEIGHTS_FILE}, or a run folder with {RUN_LATEST}/)')
     return config_path, weights_path
 
 
