@@ -86,15 +86,15 @@ def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
-def _stop_on_sigterm() -> None:
+def _stop_on_signals() -> dict[int, object]:
     """SIGTERM (systemd, `kill`) stops a command as Ctrl-C does; a second signal of either kind is
-    ignored so the first stop can finish (nodes deactivate, bag writers close)."""
+    ignored so the first stop can finish (nodes deactivate, bag writers close). Returns the handlers
+    it replaced."""
     def interrupt(signum: int, frame: object) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt(signal.Signals(signum).name)
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    return {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _empty_tree(path: Path) -> bool:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     out = getattr(args, 'out', None)
     out = Path(out) if isinstance(out, (str, Path)) else None
     out_existed = out is not None and out.exists()
-    _stop_on_sigterm()
+    previous_handlers = _stop_on_signals()
     code = 1
     try:
         code = int(module.run(args) or 0)
@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'{sub.prog}: error: {err}{hint}', file=sys.stderr, flush=True)
         code = 2
     finally:
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         if code != 0 and out is not None and not out_existed and _empty_tree(out):
             shutil.rmtree(out, ignore_errors=True)  # a failed command leaves nothing behind
     return code

@@ -211,3 +211,23 @@ def test_cli_dataset_on_a_bag_directory(tmp_path, capsys):
     assert cli_main(['dataset', str(tmp_path / 'nope'), '--config', str(tmp_path / 'cfg.yaml'), '--out',
                      str(tmp_path / 'x')]) == 2
     assert 'nope' in capsys.readouterr().err
+
+
+def test_cli_dataset_where_nothing_converts_writes_nothing_and_says_why_once(tmp_path, capsys):
+    for name in ('a', 'b', 'c'):
+        write_demo_bag(tmp_path / 'bags' / name, dataclasses.replace(DemoSpec(), commands=[]))
+    cfg = demo_config()
+    raw = {'cameras': [{'topic': c.topic, 'key': c.key} for c in cfg.cameras], 'joint_names': list(ARM),
+           'action': {'source': 'joint_trajectory', 'topic': '/cmd'}, 'image_size': list(MODEL_HW)}
+    (tmp_path / 'cfg.yaml').write_text(yaml.safe_dump(raw))
+    argv = ['dataset', str(tmp_path / 'bags'), '--config', str(tmp_path / 'cfg.yaml'), '--out',
+            str(tmp_path / 'ds.zarr'), '--no-progress']
+    assert cli_main(argv) == 1
+    out = capsys.readouterr().out
+    assert not (tmp_path / 'ds.zarr').exists() and not (tmp_path / 'ds.zarr.partial').exists()
+    assert out.count('/cmd') == 1 and 'skipped 3 bags' in out and 'ds.zarr was not written' in out, out
+    # The corrected rerun (commands recorded on /joint_states' next sample instead) needs no --overwrite.
+    raw['action'] = {'source': 'next_joint_state'}
+    (tmp_path / 'cfg.yaml').write_text(yaml.safe_dump(raw))
+    assert cli_main(argv) == 0
+    assert 'wrote ' in capsys.readouterr().out and (tmp_path / 'ds.zarr').is_dir()

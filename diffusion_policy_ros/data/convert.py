@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -397,9 +396,18 @@ class ConversionSummary:
     skipped: list[tuple[str, str]]  # (bag, reason)
 
     def text(self) -> str:
-        lines = [f'{self.out}: {self.episodes} episode(s), {self.frames} frame(s) from {self.bags} bag(s); '
-                 f'{len(self.skipped)} skipped']
-        lines += [f'  skipped {bag}: {reason}' for bag, reason in self.skipped]
+        """The skips, one line per reason (the same missing topic in 40 bags is one line), then a summary."""
+        by_reason: dict[str, list[str]] = {}
+        for bag, reason in self.skipped:
+            by_reason.setdefault(reason, []).append(bag)
+        lines = [f'  skipped {bags[0]}: {reason}' if len(bags) == 1 else
+                 f'  skipped {len(bags)} bags ({bags[0]}, ...): {reason}' for reason, bags in by_reason.items()]
+        if self.episodes:
+            lines.append(f'wrote {self.out}: {self.episodes} episode(s), {self.frames} frame(s) from '
+                         f'{self.bags} bag(s); {len(self.skipped)} skipped')
+        else:
+            lines.append(f'nothing converted from {self.bags} bag(s) ({len(self.skipped)} skipped, reasons above); '
+                         f'{self.out} was not written')
         return '\n'.join(lines)
 
 
@@ -441,6 +449,12 @@ def convert_bags(paths: Iterable[str | Path], cfg: DatasetConfig, out: str | Pat
             episodes_meta.append({'bag': str(bag), 'episode_in_bag': number, 'start_stamp_ns': episode.start_ns,
                                   'frames': len(episode.state)})
     frames = writer.episode_ends[-1] if writer.episode_ends else 0
+    summary = ConversionSummary(out=out, bags=len(bags), episodes=len(writer.episode_ends), frames=frames,
+                                skipped=skipped)
+    if not writer.episode_ends:  # an empty dataset would only block the corrected rerun (it exists)
+        shutil.rmtree(partial, ignore_errors=True)
+        print(summary.text())
+        return summary
     writer.finish({
         'format': FORMAT,
         'joint_names': list(cfg.joint_names),
@@ -456,8 +470,6 @@ def convert_bags(paths: Iterable[str | Path], cfg: DatasetConfig, out: str | Pat
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
-    summary = ConversionSummary(out=out, bags=len(bags), episodes=len(writer.episode_ends), frames=frames,
-                                skipped=skipped)
     print(summary.text())
     return summary
 
@@ -475,12 +487,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-progress', action='store_true', help='no progress bars')
 
 
+EXIT_CODES = ('exit codes: 0 at least one episode converted (skipped bags are listed with their reasons); '
+              '1 none did, and nothing was written; 2 bad input (config, bag path, --out exists), named in one line')
+
+
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when at least one episode converted (skips are listed), 1 when none did, 2 on bad input."""
-    try:
-        cfg = load_dataset_config(args.config)
-        summary = convert_bags(args.bags, cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
-    except (ConfigError, BagError, FileExistsError) as exc:
-        print(f'dp-ros dataset: {exc}', file=sys.stderr)
-        return 2
+    cfg = load_dataset_config(args.config)  # ConfigError, BagError, FileExistsError: one line from the CLI
+    summary = convert_bags(args.bags, cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     return 0 if summary.episodes > 0 else 1
