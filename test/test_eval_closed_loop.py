@@ -99,6 +99,13 @@ def test_oracle_reaches_expert_success_through_latency_compensation(arm, tmp_pat
     assert report.inference_latency_s['count'] == sum(e.inference_calls for e in report.episodes) == oracle.calls
     gif = (tmp_path / 'ep.gif').read_bytes()
     assert gif[:6] == b'GIF89a' and report.gif == str(tmp_path / 'ep.gif')
+    from PIL import Image
+    with Image.open(tmp_path / 'ep.gif') as image:  # plays at the control rate: 100 ms a frame
+        durations = []
+        for index in range(image.n_frames):  # (Pillow merges identical frames, adding their delays)
+            image.seek(index)
+            durations.append(image.info['duration'])
+    assert len(durations) > 10 and min(durations) == 100 and all(d % 100 == 0 for d in durations), durations
     document = json.loads(report.to_json())
     assert {'success_rate', 'success_ci95', 'episodes', 'inference_latency_s', 'mean_squared_jerk',
             'reach_around', 'latency_s', 'seeds', 'gif'} <= set(document)

@@ -170,12 +170,12 @@ def plot_grid(policy: Any, traces: Sequence[DenoisingTrace], path: Path, joints:
     figure.savefig(path, dpi=90)
 
 
-def write_gif(policy: Any, traces: Sequence[DenoisingTrace], path: Path, joints: Sequence[int],
-              dt: float = 0.1, frames: int = GIF_FRAMES) -> None:
-    if frames < 2:
-        raise ValueError(f'write_gif: frames must be >= 2 (noise and actions), got {frames}')
+def write_denoising_gif(policy: Any, traces: Sequence[DenoisingTrace], path: Path, joints: Sequence[int],
+                        dt: float = 0.1, frames: int = GIF_FRAMES) -> None:
     """Both samplers side by side, the chosen joints over the horizon, denoising progress over time."""
-    import imageio.v3 as iio
+    if frames < 2:
+        raise ValueError(f'write_denoising_gif: frames must be >= 2 (noise and actions), got {frames}')
+    from diffusion_policy_ros.gif import write_gif
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -206,8 +206,8 @@ def write_gif(policy: Any, traces: Sequence[DenoisingTrace], path: Path, joints:
             axis.set_title(f'{trace.label}: {int(round(progress * trace.steps))}/{trace.steps}')
         canvas.draw()
         images.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
-    durations = [120] * (frames - 1) + [1500]  # hold the final actions
-    iio.imwrite(path, np.stack(images), duration=durations, loop=0)
+    periods_s = [0.12] * (frames - 1) + [1.5]  # hold the final actions
+    write_gif(path, images, periods_s)
 
 
 def visualize_denoising(checkpoint_or_policy: Any, out_dir: str | Path, *, task: str = 'reach_around',
@@ -230,7 +230,7 @@ def visualize_denoising(checkpoint_or_policy: Any, out_dir: str | Path, *, task:
     out.mkdir(parents=True, exist_ok=True)
     files = {'png': str(out / 'denoise.png'), 'gif': str(out / 'denoise.gif'), 'json': str(out / 'denoise.json')}
     plot_grid(policy, traces, Path(files['png']), joints)
-    write_gif(policy, traces, Path(files['gif']), joints, frames=gif_frames)
+    write_denoising_gif(policy, traces, Path(files['gif']), joints, frames=gif_frames)
     summary = {'policy': label, 'task': task, 'seed': seed, 'noise_seed': noise_seed,
                'joint_names': list(policy.action_spec.joint_names),
                'state': np.asarray(window['state'], dtype=float).tolist(),

@@ -59,6 +59,7 @@ class DemoMonitor:
         self.episode: int | None = None  # the episode whose policy runs now
         self.proposal_count = 0
         self.frames: list[np.ndarray] = []
+        self.frame_stamps: list[float] = []  # sim time of each frame (header stamps)
         self.capture = False
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         node.create_subscription(String, status_topic, self._on_status, latched)
@@ -101,6 +102,13 @@ class DemoMonitor:
         frame = message_to_rgb8(msg, topic='demo')
         with self._lock:
             self.frames.append(frame)
+            self.frame_stamps.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+
+    def frame_periods_s(self) -> list[float]:
+        """How long each captured frame lasted in sim time, so the GIF plays at the robot's speed."""
+        with self._lock:
+            gaps = np.diff(self.frame_stamps).tolist()
+        return [gap if gap > 0 else 0.1 for gap in gaps] + [float(np.median(gaps)) if gaps else 0.1]
 
     def snapshot_status(self) -> dict:
         with self._lock:
@@ -160,16 +168,11 @@ def _wait(condition, timeout: float, what: str, bringup) -> None:
     raise RuntimeError(f'timed out after {timeout:.0f} s waiting for {what}')
 
 
-def _write_gif(frames: list[np.ndarray], path: Path, fps: float = 10.0) -> None:
-    import imageio.v2 as imageio
-    scaled = [np.repeat(np.repeat(f, 3, axis=0), 3, axis=1) for f in frames]  # 96 px is small to look at
-    imageio.mimsave(path, scaled, duration=1.0 / fps, loop=0)
-
-
 def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
+    from diffusion_policy_ros.gif import write_gif
     from diffusion_policy_ros.nodes.bringup import BringUp, plan_bringup, resolve_config
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         })
         report['stack_ok'] = bool(results) and rate > 5.0 and monitor.proposal_count > 0
         if monitor.frames:
-            _write_gif(monitor.frames, out / 'demo_episode1.gif')
+            write_gif(out / 'demo_episode1.gif', monitor.frames, monitor.frame_periods_s(), upscale=3)
             report['gif'] = str(out / 'demo_episode1.gif')
         code = 0 if report['stack_ok'] else 1
     except (RuntimeError, TimeoutError) as err:

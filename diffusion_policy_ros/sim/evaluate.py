@@ -331,9 +331,8 @@ class _GifRenderer:
         self.frames.append(self.renderer.render().copy())
 
     def write(self, path: Path, period_s: float) -> None:
-        import imageio.v3 as iio
-        path.parent.mkdir(parents=True, exist_ok=True)
-        iio.imwrite(path, np.stack(self.frames), duration=int(round(1000 * period_s)), loop=0)
+        from diffusion_policy_ros.gif import write_gif
+        write_gif(path, self.frames, period_s)
 
     def close(self) -> None:
         self.renderer.close()
