@@ -54,9 +54,13 @@ def test_eval_cli_reports_dp_beside_bc_on_the_same_seeds(checkpoints, tmp_path, 
                  '--task', 'pick_place', '--episodes', '2', '--seed', '1000', '--episode-seconds', '0.6',
                  '--latency-s', '0.2', '--out', str(out)])
     assert code == 0
-    printed = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out.splitlines()
     written = json.loads((out / 'eval.json').read_text())
-    assert printed == written
+    # One line a policy (k/n, rate, 95 % interval), then the paths written; the JSON is in the file only.
+    assert len(printed) == 3 and all(line.startswith('[eval] pick_place, ') for line in printed[:2]), printed
+    assert '/2 succeeded (' in printed[0] and '95 % CI' in printed[0] and str(checkpoints['bc_camera']) in printed[1]
+    gifs = f"{out / 'episode_policy.gif'}, {out / 'episode_baseline.gif'}"
+    assert printed[2] == f"[eval] wrote {out / 'eval.json'}, {gifs}"
     assert set(written['policies']) == {'policy', 'baseline'} and written['seeds'] == [1000, 1001]
     dp, bc = written['policies']['policy'], written['policies']['baseline']
     assert dp['policy_kind'] == 'diffusion' and bc['policy_kind'] == 'bc'
@@ -102,7 +106,9 @@ def test_viz_denoise_cli_writes_png_and_gif(checkpoints, tmp_path, capsys):
                  '--task', 'pick_place', '--seed', '1000', '--ddim-steps', '20', '--ddpm-steps', '100',
                  '--gif-frames', '6'])
     assert code == 0
-    files = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr().out.strip()
+    files = {path.rsplit('.', 1)[-1]: path for path in printed.split('; wrote ', 1)[1].split(', ')}
+    assert printed.startswith('[viz-denoise] DDPM 100 and DDIM 20 steps') and len(printed.splitlines()) == 1
     assert iio.imread(files['png']).shape[0] > 200
     frames = iio.imread(files['gif'], index=None)
     assert frames.shape[0] == 6

@@ -279,3 +279,25 @@ def test_metrics_csv_trims_on_resume_and_plots(tmp_path):
     assert rows[2]['loss'] == pytest.approx(0.01) and math.isnan(rows[2]['val_loss'])
     png = plot_loss(tmp_path / 'metrics.csv', tmp_path / 'loss.png')
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_a_resumed_run_with_more_steps_continues_the_decay_instead_of_restarting_it():
+    from diffusion_policy_ros.training.train import LrRestart, lr_multiplier, resumed_lr_restart
+    cfg = TrainConfig.from_dict({'lr_schedule': {'name': 'cosine', 'warmup_steps': 10}, 'train': {'steps': 100}})
+    meta = {'train_config': cfg.to_dict()}
+    before = lr_multiplier(90, name='cosine', warmup_steps=10, total_steps=100)
+    assert resumed_lr_restart(cfg, meta, 90) is None  # same total: the saved schedule goes on
+    longer = TrainConfig.from_dict({'lr_schedule': {'name': 'cosine', 'warmup_steps': 10}, 'train': {'steps': 200}})
+    restart = resumed_lr_restart(longer, meta, 90)
+    assert restart == LrRestart(90, pytest.approx(before))
+    after = [lr_multiplier(s, name='cosine', warmup_steps=10, total_steps=200, restart=restart) for s in range(90, 201)]
+    assert after[0] == pytest.approx(before) and after[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(after, after[1:]))  # no jump back towards the peak
+    # Without the restart the stretched cosine would have jumped from ~0.1 to ~0.6 of the peak.
+    assert lr_multiplier(90, name='cosine', warmup_steps=10, total_steps=200) > 5 * before
+    # A second extension continues from the first one's value.
+    meta2 = {'train_config': longer.to_dict(), 'lr_restart': {'step': restart.step, 'factor': restart.factor}}
+    longest = TrainConfig.from_dict({'lr_schedule': {'name': 'cosine', 'warmup_steps': 10}, 'train': {'steps': 300}})
+    second = resumed_lr_restart(longest, meta2, 150)
+    assert second.factor == pytest.approx(lr_multiplier(150, name='cosine', warmup_steps=10, total_steps=200,
+                                                        restart=restart))

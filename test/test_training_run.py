@@ -178,8 +178,10 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, state_dataset)
     assert [r['step'] for r in read_metrics(resumed / 'metrics.csv')] == [12, 16]
 
     # --resume RUN_DIR takes checkpoints/latest, the run's own config and data; --steps extends it.
+    lr_at_16 = read_metrics(full / 'metrics.csv')[-1]['lr']
     assert cli_main(['train', '--resume', str(full), '--steps', '20', '--no-progress']) == 0
     extended = load_train_state(full / 'checkpoints' / 'latest')
+    assert read_metrics(full / 'metrics.csv')[-1]['lr'] <= lr_at_16  # the decay goes on, no jump to the peak
     assert extended.step == 20 and int(extended.optimizer['state'][0]['step']) == 20
     assert [r['step'] for r in read_metrics(full / 'metrics.csv')] == [4, 8, 12, 16, 20]  # no duplicates
     assert (full / 'checkpoints' / 'step_000020').is_dir()

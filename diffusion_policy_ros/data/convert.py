@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .bags import BagError, bag_topics, find_bags, read_messages
 from .image_codec import ImageDecodeError, decode_compressed, decode_image, prepare_model_image, to_rgb8
 from ..errors import UserError
+from ..jsonio import json_safe
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
@@ -139,14 +140,6 @@ def load_dataset_config(path: str | Path) -> DatasetConfig:
 
 def config_to_dict(cfg: DatasetConfig) -> dict[str, Any]:
     return json_safe(dataclasses.asdict(cfg))
-
-
-def json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------------------------------

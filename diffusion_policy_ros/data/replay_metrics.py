@@ -22,7 +22,6 @@ Definitions (all times are the bag's clock, i.e. sim time under `use_sim_time`):
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,7 @@ import numpy as np
 
 from .bags import BagError, bag_topics, read_messages
 from ..errors import UserError
+from ..jsonio import write_json
 
 NS = 1_000_000_000
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -475,18 +475,5 @@ def write_plots(reference: BagReference, recorded: RecordedOutputs, report: dict
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
-    """report.json, with non-finite floats as null (strict JSON)."""
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {str(k): clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        if isinstance(value, np.generic):
-            return clean(value.item())
-        return value
-
-    path = Path(path)
-    path.write_text(json.dumps(clean(report), indent=1, allow_nan=False) + '\n')
-    return path
+    """report.json, with non-finite floats as null (strict JSON) and floats rounded."""
+    return write_json(path, report)

@@ -136,7 +136,7 @@ class BringUp:
             if not result.success:
                 state = self._call(get, GetState.Request()).current_state.label
                 raise RuntimeError(f'{name}: {label} failed (now {state}); see its log above')
-        print(f'[bringup] {name} is active', flush=True)
+        print(f'[bringup] {name} is active', file=self.log or sys.stdout, flush=True)
 
     def _check_alive(self, name: str) -> None:
         code = self.processes[name].poll()

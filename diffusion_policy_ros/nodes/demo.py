@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
 DEFAULT_CONFIG = 'config/sim.yaml'
+NODE_LOG = 'nodes.log'  # the nodes' output, under --out
 POLICY_START_AFTER_S = 0.3  # sim seconds after a reset before the policy runs again (see the episode loop)
 
 
@@ -31,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--set', action='append', default=[], metavar='NODE.PARAM:=VALUE',
                         help='override a parameter of one node, e.g. policy_node.num_inference_steps:=5')
     parser.add_argument('--startup-timeout', type=float, default=180.0, help='seconds for the nodes to come up')
+    parser.add_argument('--verbose', action='store_true',
+                        help=f'print the nodes\' logs here too (they always go to OUT/{NODE_LOG})')
 
 
 @dataclass
@@ -156,6 +161,21 @@ def _trigger(node, service: str, timeout: float = 10.0) -> None:
         raise RuntimeError(f'{service} failed: {response.message}')
 
 
+class _Tee:
+    """A text stream that writes to several (the node log file and, with --verbose, the terminal)."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> None:
+        for stream in self.streams:
+            stream.write(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
 def _wait(condition, timeout: float, what: str, bringup) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -173,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     from diffusion_policy_ros.gif import write_gif
+    from diffusion_policy_ros.jsonio import write_json
     from diffusion_policy_ros.nodes.bringup import BringUp, plan_bringup, resolve_config
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,8 +204,11 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f'policy_node.checkpoint:={args.checkpoint}')
     config = resolve_config(args.config)
     launches = plan_bringup(config, overrides)
-    print(f'[demo] bringing up {", ".join(l.executable for l in launches)} from {config}', flush=True)
-    bringup = BringUp(launches, transition_timeout_s=args.startup_timeout)
+    node_log = (out / NODE_LOG).open('w', buffering=1)
+    print(f'[demo] bringing up {", ".join(l.executable for l in launches)} from {config} '
+          f'(their logs: {out / NODE_LOG})', flush=True)
+    bringup = BringUp(launches, transition_timeout_s=args.startup_timeout,
+                      log=_Tee(node_log, sys.stdout) if args.verbose else node_log)
     report: dict = {'config': str(config), 'episodes': [], 'stack_ok': False}
     code = 1
     executor = None
@@ -261,7 +285,8 @@ def run(args: argparse.Namespace) -> int:
         bringup.stop()
         if rclpy.ok():
             rclpy.shutdown()
-    (out / 'demo_report.json').write_text(json.dumps(report, indent=2))
+        node_log.close()
+    write_json(out / 'demo_report.json', report)
     _print_summary(report, out)
     return code
 

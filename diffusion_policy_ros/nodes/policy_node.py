@@ -356,10 +356,14 @@ class PolicyNode(ReleasingLifecycleNode):
     def _tick(self) -> None:
         """Publish first, then hand over to the camera thread (which wakes the worker): what varies in
         time (frame copies, decoding, inference) happens off this thread, after the command is out."""
+        if not self.context.ok():
+            return  # shutting down (SIGINT/SIGTERM): the subscriptions and publishers are going away
         try:
             self._take_joint_states()
             result = self.controller.tick(self._now(), wake_worker=False)
         except Exception as err:  # noqa: BLE001 - a bug in one tick must not take the node down
+            if not self.context.ok():
+                return  # the context went down during this tick
             self.get_logger().error(f'control tick failed, publishing nothing this tick: {err!r}',
                                     throttle_duration_sec=5.0)
             return

@@ -18,7 +18,6 @@ table (table.md, also printed) and bench_planning.png.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -35,6 +34,7 @@ from .evaluate import (DEFAULT_EVAL_SEED, EpisodeOutcome, evaluate, json_safe, m
 from .hybrid import ARM, ClassicalController, CycleCosts, GuardFilter
 from .model import TASKS
 from .rollout import rollout
+from ..jsonio import write_json
 
 ARMS = ('policy', 'hybrid', 'classical')
 SCENES = ('static', 'dynamic')
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
                 cell[arm] = summarise(outcomes, costs, inference)
     document = {'benchmark': 'bench_planning', 'seeds': seeds, 'latency_s': args.latency_s, 'checkpoints': {t: str(c) for t, c in checkpoints.items()},
                 'wall_s': round(time.monotonic() - began, 1), 'results': results}
-    (args.out / 'bench_planning.json').write_text(json.dumps(json_safe(document), indent=1, allow_nan=False))
+    write_json(args.out / 'bench_planning.json', document)
     text = table(results)
     (args.out / 'table.md').write_text(text + '\n')
     plot(results, args.out / 'bench_planning.png')

@@ -45,6 +45,7 @@ from ..robot_description import PANDA_JOINTS, panda_description
 from .arm import SimArm, SimConfig
 from .model import ALL_TASKS, base_task, mujoco
 from .rollout import rollout
+from ..jsonio import json_safe, write_json
 
 DEFAULT_EVAL_SEED = 1000  # demos use seeds 0..N-1 (+ retries): evaluation starts well past them
 GIF_SIZE = (192, 192)  # (H, W) of the episode GIF: larger than the policy's 96x96 so people can see it
@@ -233,6 +234,14 @@ class EvalReport:
     def to_json(self, indent: int | None = 1) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
+    def headline(self) -> str:
+        """One line for the terminal: success with its interval, and what a chunk cost."""
+        low, high = self.success_ci95
+        p50 = _ms(self.inference_latency_s.get('p50'))
+        return (f'{self.task}, {self.policy}: {self.successes}/{len(self.seeds)} succeeded '
+                f'({100 * self.success_rate:.0f} %, 95 % CI {100 * low:.0f}-{100 * high:.0f} %)'
+                + (f'; inference p50 {p50:.1f} ms' if p50 is not None else ''))
+
     def summary(self) -> dict[str, Any]:
         """The headline numbers (for tables and the side-by-side report)."""
         out = {'policy_kind': self.policy_kind, 'episodes': len(self.seeds), 'success_rate': self.success_rate,
@@ -249,21 +258,6 @@ class EvalReport:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None or not math.isfinite(seconds) else 1e3 * seconds
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON: numpy scalars/arrays to Python, NaN/inf to None, tuples to lists."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _reach_around_summary(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
@@ -536,8 +530,9 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
 
 
 def compare(policies: Mapping[str, Any], task: str, episodes: int, seed: int = DEFAULT_EVAL_SEED,
-            out_dir: str | Path | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Evaluate several policies on the same seeds; one report {'task', 'seeds', 'summary', 'policies'}.
+            out_dir: str | Path | None = None, with_reports: bool = False, **kwargs: Any) -> Any:
+    """Evaluate several policies on the same seeds; one report {'task', 'seeds', 'summary', 'policies'}
+    (and, `with_reports`, the EvalReports beside it).
 
     With `out_dir`, each policy's GIF goes to `out_dir/episode_<name>.gif` (same seed for all).
     """
@@ -546,9 +541,10 @@ def compare(policies: Mapping[str, Any], task: str, episodes: int, seed: int = D
         gif = Path(out_dir) / f'episode_{name}.gif' if out_dir is not None else None
         reports[name] = evaluate(policy, task, episodes, seed, gif_path=gif, **kwargs)
     first = next(iter(reports.values()))
-    return {'task': task, 'seeds': first.seeds,
-            'summary': {name: r.summary() for name, r in reports.items()},
-            'policies': {name: r.to_dict() for name, r in reports.items()}}
+    document = {'task': task, 'seeds': first.seeds,
+                'summary': {name: r.summary() for name, r in reports.items()},
+                'policies': {name: r.to_dict() for name, r in reports.items()}}
+    return (document, list(reports.values())) if with_reports else document
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -596,12 +592,15 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline is None:
         report = evaluate(args.checkpoint, args.task, args.episodes, args.seed,
                           gif_path=None if gif_dir is None else gif_dir / 'episode.gif', **kwargs)
-        document = report.to_dict()
+        document, reports = report.to_dict(), [report]
     else:
-        document = compare({'policy': args.checkpoint, 'baseline': args.baseline}, args.task, args.episodes, args.seed,
-                           out_dir=gif_dir, **kwargs)
-    text = json.dumps(document, indent=1, allow_nan=False)
-    print(text)
-    if out is not None:
-        (out / 'eval.json').write_text(text + '\n')
+        document, reports = compare({'policy': args.checkpoint, 'baseline': args.baseline}, args.task,
+                                    args.episodes, args.seed, out_dir=gif_dir, with_reports=True, **kwargs)
+    for report in reports:
+        print(f'[eval] {report.headline()}')
+    if out is None:
+        print('[eval] --out DIR writes the full report (per-episode outcomes, latency, jerk) and a GIF')
+        return 0
+    written = [write_json(out / 'eval.json', document)] + [Path(r.gif) for r in reports if r.gif]
+    print(f'[eval] wrote {", ".join(map(str, written))}')
     return 0

@@ -8,7 +8,6 @@ failed attempt's bag is deleted and its seed skipped (listed in `demos.json` wit
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +20,7 @@ from .arm import SimArm, SimConfig
 from .experts import ExpertConfig, ScriptedExpert
 from .model import TASKS
 from .rollout import rollout
+from ..jsonio import write_json
 
 IMAGE_TOPIC = '/camera/color/image_raw'
 WRIST_IMAGE_TOPIC = '/wrist_camera/color/image_raw'
@@ -151,8 +151,10 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.task == 'reach_around':
         summary['sides'] = {side: sum(r.side == side for r in kept) for side in ('left', 'right')}
-    (out / 'demos.json').write_text(json.dumps(summary, indent=1))
-    print(json.dumps({k: summary[k] for k in ('task', 'episodes', 'retried', 'sides') if k in summary}))
+    write_json(out / 'demos.json', summary)
+    sides = ' (' + ', '.join(f'{n} {side}' for side, n in summary['sides'].items()) + ')' if 'sides' in summary else ''
+    print(f'[demos] {args.task}: {len(kept)} of {args.episodes} episodes recorded{sides}, {len(failed)} failed '
+          f'attempts discarded; wrote {out}/episode_*/ and {out / "demos.json"}')
     if len(kept) < args.episodes:
         print(f'dp-ros demos: only {len(kept)} of {args.episodes} episodes succeeded in {max_attempts} attempts')
         return 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from .arm import SimArm, SimConfig
 from .evaluate import (DEFAULT_EVAL_SEED, EvalReport, json_safe, default_sim_config, evaluate, load_policy,
                        policy_config)
 from .model import TASKS
+from ..jsonio import write_json
 
 DDIM_STEPS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
 ACTION_HORIZONS: tuple[int, ...] = (4, 8, 16, 32)
@@ -177,7 +177,7 @@ def write_outputs(result: SweepResult, out_dir: Path) -> dict[str, str]:
     Path(files['markdown']).write_text('\n'.join(lines) + '\n')
     plot_sweep(result, Path(files['png']))
     result.files = files
-    Path(files['json']).write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False) + '\n')
+    write_json(files['json'], result.to_dict())
     return files
 
 
@@ -219,7 +219,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--task', required=True, choices=TASKS, help='sim task to evaluate on')
     parser.add_argument('--what', required=True, choices=SWEEPS, help='the setting to sweep')
     parser.add_argument('--episodes', type=int, default=20, help='episodes per setting')
-    parser.add_argument('--out', type=Path, required=True, help='folder for the results: JSON, CSV, markdown table, plot')
+    parser.add_argument('--out', type=Path, required=True,
+                        help='folder for the results: JSON, CSV, markdown table, plot')
     parser.add_argument('--seed', type=int, default=DEFAULT_EVAL_SEED,
                         help='first seed (held out from the demonstrations)')
     parser.add_argument('--values', type=int, nargs='+', default=None,
@@ -241,5 +242,5 @@ def run(args: argparse.Namespace) -> int:
                    latency_s=args.latency_s, device=args.device, blending=args.blending,
                    episode_seconds=args.episode_seconds, progress=True)
     print(Path(result.files['markdown']).read_text())
-    print(json.dumps(result.files))
+    print(f'[sweep] wrote {", ".join(map(str, result.files.values()))}')
     return 0

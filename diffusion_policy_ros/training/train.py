@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import math
@@ -71,10 +72,23 @@ def resolve_resume(path: str | Path) -> Path:
                      f'and {path / STATE_JSON})')
 
 
-def lr_multiplier(step: int, *, name: str, warmup_steps: int, total_steps: int) -> float:
+@dataclass(frozen=True)
+class LrRestart:
+    """Where a resumed run with a new `train.steps` took over the schedule: from `step` on, the decay
+    starts at `factor` (the old schedule's value there) and reaches 0 at the new total, so the LR goes
+    on falling instead of jumping back to the peak."""
+    step: int
+    factor: float
+
+
+def lr_multiplier(step: int, *, name: str, warmup_steps: int, total_steps: int,
+                  restart: LrRestart | None = None) -> float:
     """Factor on the peak LR at `step`: linear warm-up from 0, then cosine/linear decay to 0 at
     `total_steps` (or constant). The same numbers as diffusers' `get_scheduler` (the test oracle);
     written here because importing `diffusers.optimization` costs seconds per process (x ranks)."""
+    if restart is not None and step >= restart.step and name != 'constant':
+        shape = lr_multiplier(step - restart.step, name=name, warmup_steps=0, total_steps=total_steps - restart.step)
+        return restart.factor * shape
     if step < warmup_steps:
         return step / max(1, warmup_steps)
     if name == 'constant':
@@ -85,12 +99,27 @@ def lr_multiplier(step: int, *, name: str, warmup_steps: int, total_steps: int) 
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def make_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+                      restart: LrRestart | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR over `lr_multiplier`; a partial (not a closure) so its state_dict stays JSON-safe and a
-    resumed run with a new `--steps` uses the new total, not the saved one."""
+    resumed run with a new `--steps` uses the new total (from `restart` on), not the saved one."""
     schedule = functools.partial(lr_multiplier, name=cfg.lr_schedule.name,
-                                 warmup_steps=cfg.lr_schedule.warmup_steps, total_steps=cfg.train.steps)
+                                 warmup_steps=cfg.lr_schedule.warmup_steps, total_steps=cfg.train.steps,
+                                 restart=restart)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def resumed_lr_restart(cfg: TrainConfig, meta: dict[str, Any], step: int) -> LrRestart | None:
+    """The schedule a resumed run follows: the saved one when `train.steps` is unchanged, else one that
+    continues from the saved schedule's value at `step` down to 0 at the new total."""
+    saved = meta.get('lr_restart')
+    saved_restart = LrRestart(**saved) if saved else None
+    saved_total = int(meta.get('train_config', {}).get('train', {}).get('steps', cfg.train.steps))
+    if saved_total == cfg.train.steps:
+        return saved_restart
+    factor = lr_multiplier(step, name=cfg.lr_schedule.name, warmup_steps=cfg.lr_schedule.warmup_steps,
+                           total_steps=saved_total, restart=saved_restart)
+    return LrRestart(step=step, factor=factor)
 
 
 class LossModule(nn.Module):
@@ -143,12 +172,13 @@ class Optimisation:
     amp_dtype: torch.dtype | None  # None: float32 (always on CPU)
 
     @classmethod
-    def create(cls, cfg: TrainConfig, policy: nn.Module, device: torch.device) -> 'Optimisation':
+    def create(cls, cfg: TrainConfig, policy: nn.Module, device: torch.device,
+               lr_restart: LrRestart | None = None) -> 'Optimisation':
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                       eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
         amp_dtype = ({'bf16': torch.bfloat16, 'fp16': torch.float16}.get(cfg.train.amp)
                      if device.type == 'cuda' else None)
-        return cls(policy=policy, optimizer=optimizer, scheduler=make_lr_scheduler(optimizer, cfg),
+        return cls(policy=policy, optimizer=optimizer, scheduler=make_lr_scheduler(optimizer, cfg, lr_restart),
                    scaler=torch.amp.GradScaler('cuda', enabled=amp_dtype is torch.float16),
                    ema=EMA(policy, cfg.ema) if cfg.ema.enabled else None, grad_clip=cfg.train.grad_clip,
                    device=device, amp_dtype=amp_dtype)
@@ -206,7 +236,8 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
                              f'{found[2]}')
     policy.to(ctx.device).train()
 
-    opt = Optimisation.create(cfg, policy, ctx.device)
+    lr_restart = resumed_lr_restart(cfg, state.meta, state.step) if state is not None else None
+    opt = Optimisation.create(cfg, policy, ctx.device, lr_restart)
     ema, optimizer, scheduler, scaler = opt.ema, opt.optimizer, opt.scheduler, opt.scaler
 
     loader_generator = torch.Generator()
@@ -249,6 +280,13 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
                   f'{len(dataset.val_episodes)} episodes; {sum(p.numel() for p in policy.parameters()):,} '
                   f'parameters on {ctx.device} x{ctx.world_size}'
                   + (f'; resuming at step {step}' if state else ''))
+        if lr_restart is not None and state is not None and lr_restart.step == state.step:
+            _say(ctx, f'{objective.name}: train.steps is now {cfg.train.steps}: the learning rate continues from '
+                      f'{lr_restart.factor * cfg.optim.lr:.3g} at step {step} and decays to 0 at step '
+                      f'{cfg.train.steps} '
+                      f'({cfg.lr_schedule.name}), without a new warm-up'
+                      + ('; it had already decayed below 1 % of optim.lr, so the added steps will change the '
+                         'weights little' if lr_restart.factor < 0.01 else ''))
         if cfg.train.amp != 'none' and ctx.device.type != 'cuda':
             _say(ctx, f'train: amp {cfg.train.amp!r} applies on CUDA only; training in float32 on {ctx.device}')
 
@@ -303,7 +341,8 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
                         ema_step=ema.optimization_step if ema else 0,
                         scaler=scaler.state_dict() if scaler.is_enabled() else None, rng=rng,
                         meta={'train_config': cfg.to_dict(), 'dataset': str(data_path.resolve()),
-                              'world_size': ctx.world_size, **objective.meta()})
+                              'world_size': ctx.world_size, **objective.meta(),
+                              'lr_restart': dataclasses.asdict(lr_restart) if lr_restart else None})
                     provenance = {**provenance_base, 'step': step, 'total_steps': cfg.train.steps,
                                   'date': dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
                                   'ema': ema is not None, 'train_loss': last_loss, 'val_loss': last_val}
@@ -318,7 +357,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
     if ctx.is_main:
         _say(ctx, f'{objective.name}: done at step {step}, loss {last_loss:.4f}'
                   + (f', val_loss {last_val:.4f}' if last_val is not None else '')
-                  + f'; checkpoint {last_ckpt}')
+                  + f'; wrote {last_ckpt}, {run_dir / "metrics.csv"}, {run_dir / "loss.png"}')
     return TrainResult(run_dir=run_dir, step=step, loss=last_loss, val_loss=last_val, checkpoint=last_ckpt)
 
 
