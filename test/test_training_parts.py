@@ -301,3 +301,20 @@ def test_a_resumed_run_with_more_steps_continues_the_decay_instead_of_restarting
     second = resumed_lr_restart(longest, meta2, 150)
     assert second.factor == pytest.approx(lr_multiplier(150, name='cosine', warmup_steps=10, total_steps=200,
                                                         restart=restart))
+
+
+@pytest.mark.parametrize('seconds_per_step, warned', [(2.0, True), (0.01, False)])
+def test_training_on_a_cpu_warns_early_when_the_run_will_take_long(monkeypatch, capsys, seconds_per_step, warned):
+    from diffusion_policy_ros.training import train as train_module
+    from diffusion_policy_ros.training.distributed import DistContext
+    clock = {'now': 0.0}
+    monkeypatch.setattr(train_module.time, 'perf_counter', lambda: clock['now'])
+    estimate = train_module._RunTimeEstimate(100, 10_100, DistContext(0, 0, 1, torch.device('cpu'), None))
+    for step in range(101, 120):
+        clock['now'] += seconds_per_step
+        estimate.after(step)
+    err = capsys.readouterr().err
+    if warned:  # 2 s a step: ~10,000 steps take ~333 min
+        assert 'WARNING: no GPU; at 0.50 it/s' in err and 'about 333 min' in err and 'models/*/train.yaml' in err
+    else:
+        assert err == ''

@@ -304,6 +304,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
         'resumed_from': str(resume_dir) if resume_dir is not None else None, **objective.meta(),
     }
     epoch, within = divmod(step, batches_per_epoch)
+    estimate = _RunTimeEstimate(step, cfg.train.steps, ctx)
     while step < cfg.train.steps:
         sampler.set_position(epoch, within * cfg.train.batch_size)
         for batch in loader:
@@ -313,6 +314,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
                 raise TrainError(f'non-finite training loss {loss} at step {step} (lr {lr:.3g}); '
                                  'lower optim.lr or check the dataset for NaN/inf')
             step += 1
+            estimate.after(step)
             window_losses.append(loss)
             window_steps += 1
             bar.update(1)
@@ -359,6 +361,31 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
                   + (f', val_loss {last_val:.4f}' if last_val is not None else '')
                   + f'; wrote {last_ckpt}, {run_dir / "metrics.csv"}, {run_dir / "loss.png"}')
     return TrainResult(run_dir=run_dir, step=step, loss=last_loss, val_loss=last_val, checkpoint=last_ckpt)
+
+
+class _RunTimeEstimate:
+    """Says early how long a run will take on a CPU, before a user waits hours for a config sized for a
+    GPU (the shipped train_*.yaml): measured over the first steps, since step cost varies 100x by model."""
+
+    WARMUP_STEPS, MEASURED_STEPS, WARN_ABOVE_S = 3, 10, 30 * 60
+
+    def __init__(self, first_step: int, total_steps: int, ctx: DistContext) -> None:
+        self.first, self.total, self.ctx = first_step, total_steps, ctx
+        self.started: float | None = None
+
+    def after(self, step: int) -> None:
+        if not self.ctx.is_main or self.ctx.device.type == 'cuda':
+            return
+        if step == self.first + self.WARMUP_STEPS:
+            self.started = time.perf_counter()
+        elif self.started is not None and step == self.first + self.WARMUP_STEPS + self.MEASURED_STEPS:
+            rate = self.MEASURED_STEPS / max(time.perf_counter() - self.started, 1e-9)
+            remaining_s = (self.total - step) / rate
+            if remaining_s > self.WARN_ABOVE_S:
+                _say(self.ctx, f'train: WARNING: no GPU; at {rate:.2f} it/s on {self.ctx.device} the remaining '
+                               f'{self.total - step} steps take about {remaining_s / 60:.0f} min. The shipped '
+                               f'config/train_*.yaml are sized for a GPU; models/*/train.yaml are the CPU-sized '
+                               f'configs that made the shipped checkpoints (or pass --steps)')
 
 
 def make_loader(dataset: Dataset, cfg: TrainConfig, ctx: DistContext, *, sampler, generator) -> DataLoader:
