@@ -21,6 +21,7 @@ receive time, wall clock: a stalled driver is stale whatever the sim clock says)
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import threading
 import time
@@ -62,6 +63,7 @@ from diffusion_policy_ros.worker_thread import LatestJobThread
 
 # How long after its planning budget a plan request is given before the guard holds instead.
 PLAN_DEADLINE_SLACK_S = 0.02
+REPEAT_WARN_S = 60.0  # the same kind of blocked chunk is a WARN at most once in this time
 
 
 @dataclass
@@ -195,6 +197,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self._latest_plan = 0  # sequence of the newest plan request
         self._active = False
         self._lock = threading.Lock()  # measured state, scene bookkeeping and diagnostics fields
+        self._warned_at: dict[str, float] = {}  # kind of blocked chunk -> when it was last a WARN
         # joint -> (position, arrival in ns since the epoch, header stamp in node-clock seconds or 0)
         self._joints: dict[str, tuple[float, int, float]] = {}
         self._subs: list = []
@@ -525,8 +528,16 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             log.info(decision.reason, throttle_duration_sec=1.0)
         else:
             stats = decision.stats
-            log.warning(f'{decision.reason} (planned in {1000 * (stats.planning_time_s or 0):.1f} ms, '
-                        f'{len(decision.trajectory.positions)} points)', throttle_duration_sec=1.0)
+            # The same contact again and again (fingers at the table during a grasp) is one WARN a
+            # minute; the repeats are INFO, so the log shows a new kind of collision when it comes.
+            kind = decision.reason.split(' at ', 1)[0]
+            repeated = time.monotonic() - self._warned_at.get(kind, -math.inf) < REPEAT_WARN_S
+            if not repeated:
+                self._warned_at[kind] = time.monotonic()
+            (log.info if repeated else log.warning)(
+                f'{decision.reason} (planned in {1000 * (stats.planning_time_s or 0):.1f} ms, '
+                f'{len(decision.trajectory.positions)} points)' + ('' if repeated else
+                f'; the same contact is logged at INFO for {REPEAT_WARN_S:.0f} s'), throttle_duration_sec=1.0)
 
     # ------------------------------------------------------------------ diagnostics
     def _reset_stats(self) -> None:

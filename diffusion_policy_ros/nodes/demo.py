@@ -195,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_policy_ros.gif import write_gif
     from diffusion_policy_ros.jsonio import write_json
     from diffusion_policy_ros.nodes.bringup import BringUp, plan_bringup, resolve_config
+    if args.checkpoint:  # a typo fails here, in one line, not after the nodes came up
+        from diffusion_policy_ros.core.checkpoint import read_checkpoint_config
+        from diffusion_policy_ros.nodes.policy_node import resolve_checkpoint
+        read_checkpoint_config(resolve_checkpoint(args.checkpoint))
+    config = resolve_config(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = list(args.set)
@@ -202,7 +207,6 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f'sim_robot_node.task:={args.task}')
     if args.checkpoint:
         overrides.append(f'policy_node.checkpoint:={args.checkpoint}')
-    config = resolve_config(args.config)
     launches = plan_bringup(config, overrides)
     node_log = (out / NODE_LOG).open('w', buffering=1)
     print(f'[demo] bringing up {", ".join(l.executable for l in launches)} from {config} '
@@ -213,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
     code = 1
     executor = None
     started = time.monotonic()
+    results: list[EpisodeResult] = []
     try:
         bringup.start()
         monitor_node = rclpy.create_node('demo_monitor')
@@ -222,7 +227,6 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=executor.spin, daemon=True).start()
         _wait(lambda: monitor.snapshot_status(), 30, 'the sim task status', bringup)
         task = monitor.snapshot_status().get('task')
-        results: list[EpisodeResult] = []
         for i in range(args.episodes):
             seed = args.seed + i
             _set_sim_parameters(monitor_node, {'seed': seed})
@@ -277,8 +281,12 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, TimeoutError) as err:
         report['error'] = str(err)
         print(f'[demo] the stack failed: {err}', flush=True)
-    except KeyboardInterrupt:
-        report['error'] = 'interrupted'
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (the CLI turns it into this): a requested stop
+        report['error'] = f'stopped by {stop or "SIGINT"}'
+        report['episodes'] = [r.__dict__ for r in results]
+        report['interrupted'] = True
+        print(f'[demo] {report["error"]}: stopping the nodes', flush=True)
+        code = 0
     finally:
         if executor is not None:
             executor.shutdown()
@@ -287,20 +295,26 @@ def run(args: argparse.Namespace) -> int:
             rclpy.shutdown()
         node_log.close()
     write_json(out / 'demo_report.json', report)
-    _print_summary(report, out)
+    _print_summary(report, out, args.episodes)
     return code
 
 
-def _print_summary(report: dict, out: Path) -> None:
+def _print_summary(report: dict, out: Path, planned_episodes: int) -> None:
     episodes = report.get('episodes', [])
-    if episodes:
+    if report.get('interrupted'):
+        print(f"[demo] stopped after {len(episodes)} of {planned_episodes} episodes "
+              f"({sum(e['success'] for e in episodes)} succeeded); report: {out / 'demo_report.json'}, "
+              f"node logs: {out / NODE_LOG}", flush=True)
+        return
+    if 'success_rate' in report:
         print(f"\n[demo] {report.get('task')}: {report['successes']}/{len(episodes)} episodes succeeded "
               f"({100 * report['success_rate']:.0f} %)")
         print(f"[demo] inference latency p50 {report['inference_latency_p50_ms']:.1f} ms, "
               f"p99 {report['inference_latency_p99_ms']:.1f} ms; commands to the arm at "
-              f"{report['publish_rate_hz']:.2f} Hz")
+              f"{report['publish_rate_hz']:.2f} Hz of sim time while the policy ran")
         holds = ', '.join(f'{k} {v:.1f} s' for k, v in report['hold_seconds'].items()) or 'none'
         print(f"[demo] holds: {holds}; blocked chunks: {report['blocked_chunks']} "
               f"(guard backend {report['guard_backend'] or '?'}, fallbacks {report['fallbacks_planned']})")
-    print(f'[demo] report: {out / "demo_report.json"}' + (f", GIF: {report['gif']}" if report.get('gif') else ''))
+    print(f'[demo] report: {out / "demo_report.json"}' + (f", GIF: {report['gif']}" if report.get('gif') else '')
+          + f', node logs: {out / NODE_LOG}')
     print(f"[demo] stack {'OK' if report.get('stack_ok') else 'FAILED'}", flush=True)
