@@ -534,10 +534,12 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             repeated = time.monotonic() - self._warned_at.get(kind, -math.inf) < REPEAT_WARN_S
             if not repeated:
                 self._warned_at[kind] = time.monotonic()
-            (log.info if repeated else log.warning)(
-                f'{decision.reason} (planned in {1000 * (stats.planning_time_s or 0):.1f} ms, '
-                f'{len(decision.trajectory.positions)} points)' + ('' if repeated else
-                f'; the same contact is logged at INFO for {REPEAT_WARN_S:.0f} s'), throttle_duration_sec=1.0)
+            text = (f'{decision.reason} (planned in {1000 * (stats.planning_time_s or 0):.1f} ms, '
+                    f'{len(decision.trajectory.positions)} points)')
+            if repeated:  # (rclpy fixes a call site's severity: one call per level)
+                log.info(text, throttle_duration_sec=1.0)
+            else:
+                log.warning(f'{text}; the same contact is logged at INFO for {REPEAT_WARN_S:.0f} s')
 
     # ------------------------------------------------------------------ diagnostics
     def _reset_stats(self) -> None:
