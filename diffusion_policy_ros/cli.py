@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(module.run(args) or 0)
     except KeyboardInterrupt as stop:
-        print(f'{sub.prog}: stopped ({stop or "SIGINT"})', file=sys.stderr, flush=True)
+        print(f'{sub.prog}: stopped by {str(stop) or "SIGINT"}', flush=True)
         code = 0
     except (UserError, *PATH_ERRORS) as err:
         if debug:

@@ -1,6 +1,7 @@
 """`make demo`'s job, one episode: the stack comes up from config/sim.yaml, runs, and reports."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -28,3 +29,14 @@ def test_demo_one_episode_writes_a_complete_report(tmp_path):
     assert report['guard_backend'] == 'embedded'
     assert (out / 'demo_episode1.gif').stat().st_size > 1000
     assert 'episode 1/1' in proc.stdout and 'stack OK' in proc.stdout
+    # Quiet: only the demo's own lines on the terminal, the nodes' logs in a file beside the report.
+    assert all(line.startswith('[demo] ') for line in proc.stdout.splitlines() if line), proc.stdout
+    assert proc.stderr == '', proc.stderr
+    assert '[policy_node]' in (out / 'nodes.log').read_text()
+    # Rounded numbers in the report (no 17-digit floats).
+    assert not re.search(r'\d\.\d{8,}', (out / 'demo_report.json').read_text())
+    # The GIF plays at the camera's sim-time rate (10 Hz here), not at a viewer's default.
+    from PIL import Image
+    with Image.open(out / 'demo_episode1.gif') as gif:
+        gif.seek(1)
+        assert 80 <= gif.info['duration'] <= 300

@@ -46,6 +46,31 @@ def resolve_config(path: str | Path) -> Path:
     raise FileNotFoundError(f'bring-up file not found: {path} (also looked in {share_dir()})')
 
 
+NODE_LOG = 'nodes.log'  # where `dp-ros demo` and `replay` put the nodes' output, in their --out folder
+
+
+class NodeLog:
+    """The nodes' output as a text stream: into a file, and with `echo` onto the terminal too."""
+
+    def __init__(self, path: Path, echo: bool = False) -> None:
+        self.path = path
+        self._file = path.open('a', buffering=1)
+        self._echo = echo
+
+    def write(self, text: str) -> None:
+        self._file.write(text)
+        if self._echo:
+            sys.stdout.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self._echo:
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class NodeLaunch:
     executable: str

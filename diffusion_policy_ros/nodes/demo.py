@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 
+from diffusion_policy_ros.nodes.bringup import NODE_LOG
+
 DEFAULT_CONFIG = 'config/sim.yaml'
-NODE_LOG = 'nodes.log'  # the nodes' output, under --out
 POLICY_START_AFTER_S = 0.3  # sim seconds after a reset before the policy runs again (see the episode loop)
 
 
@@ -161,21 +160,6 @@ def _trigger(node, service: str, timeout: float = 10.0) -> None:
         raise RuntimeError(f'{service} failed: {response.message}')
 
 
-class _Tee:
-    """A text stream that writes to several (the node log file and, with --verbose, the terminal)."""
-
-    def __init__(self, *streams: TextIO) -> None:
-        self.streams = streams
-
-    def write(self, text: str) -> None:
-        for stream in self.streams:
-            stream.write(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
-
-
 def _wait(condition, timeout: float, what: str, bringup) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -194,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     from diffusion_policy_ros.gif import write_gif
     from diffusion_policy_ros.jsonio import write_json
-    from diffusion_policy_ros.nodes.bringup import BringUp, plan_bringup, resolve_config
+    from diffusion_policy_ros.nodes.bringup import BringUp, NodeLog, plan_bringup, resolve_config
     if args.checkpoint:  # a typo fails here, in one line, not after the nodes came up
         from diffusion_policy_ros.core.checkpoint import read_checkpoint_config
         from diffusion_policy_ros.nodes.policy_node import resolve_checkpoint
@@ -208,11 +192,10 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         overrides.append(f'policy_node.checkpoint:={args.checkpoint}')
     launches = plan_bringup(config, overrides)
-    node_log = (out / NODE_LOG).open('w', buffering=1)
+    node_log = NodeLog(out / NODE_LOG, echo=args.verbose)
     print(f'[demo] bringing up {", ".join(l.executable for l in launches)} from {config} '
           f'(their logs: {out / NODE_LOG})', flush=True)
-    bringup = BringUp(launches, transition_timeout_s=args.startup_timeout,
-                      log=_Tee(node_log, sys.stdout) if args.verbose else node_log)
+    bringup = BringUp(launches, transition_timeout_s=args.startup_timeout, log=node_log)
     report: dict = {'config': str(config), 'episodes': [], 'stack_ok': False}
     code = 1
     executor = None
@@ -282,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
         report['error'] = str(err)
         print(f'[demo] the stack failed: {err}', flush=True)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (the CLI turns it into this): a requested stop
-        report['error'] = f'stopped by {stop or "SIGINT"}'
+        report['error'] = f'stopped by {str(stop) or "SIGINT"}'
         report['episodes'] = [r.__dict__ for r in results]
         report['interrupted'] = True
         print(f'[demo] {report["error"]}: stopping the nodes', flush=True)

@@ -18,7 +18,7 @@
 5. OUT_DIR/report.json and PNG plots come from the input and the recorded bag
    (`diffusion_policy_ros.data.replay_metrics`, which also defines every metric).
 
-Exit status: 0 done, 1 the nodes failed or published nothing, 2 input refused, 130 interrupted.
+Exit status: 0 done (or stopped by SIGINT/SIGTERM), 1 the nodes failed or published nothing, 2 input refused.
 """
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ DEFAULT_COMMAND_TOPIC = '/arm_controller/joint_trajectory'
 RECORDED_BAG = 'recorded'
 # Topics a bag may hold that must not be played back: the graph has its own publishers for them.
 NEVER_PLAYED = ('/clock', '/diagnostics', '/rosout', '/parameter_events')
-EXIT_REFUSED, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_REFUSED, EXIT_FAILED = 2, 1
+EXIT_CODES = ('exit codes: 0 the replay ran (or was stopped by SIGINT/SIGTERM: report.json says interrupted); '
+              '1 the nodes failed or the policy published nothing; 2 the bag, params or checkpoint do not fit')
 
 
 @dataclass
@@ -67,6 +69,7 @@ class ReplayConfig:
     storage: str = 'mcap'
     discovery_timeout_s: float = 30.0  # per wait: nodes on the input topics, on /clock, their publishers
     drain_s: float = 1.0  # wall time to wait for the nodes' last messages after the bag ends
+    verbose: bool = False  # the nodes' logs on the terminal too (they always go to OUT_DIR/nodes.log)
 
     def __post_init__(self) -> None:
         self.bag = Path(self.bag)
@@ -381,7 +384,7 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    from diffusion_policy_ros.nodes.bringup import BringUp
+    from diffusion_policy_ros.nodes.bringup import NODE_LOG, BringUp, NodeLog
 
     plan = plan_replay(cfg)
     for note in plan.notes:
@@ -412,10 +415,13 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    bringup = BringUp(plan.launches) if plan.launches else None
+    node_log = NodeLog(out_dir / NODE_LOG, echo=cfg.verbose) if plan.launches else None
+    if node_log is not None:
+        log(f'[replay] starting {", ".join(l.executable for l in plan.launches)} (their logs: {node_log.path})')
+    bringup = BringUp(plan.launches, log=node_log) if plan.launches else None
     stats = PlaybackStats()
     playback: threading.Thread | None = None
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     error: str | None = None
     try:
         for topic, why in player.skipped.items():
@@ -459,8 +465,8 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
                       'guard diagnostics after the last trajectory')
             except TimeoutError:
                 pass
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as stop:
+        interrupted = stop
         player.stop_requested.set()
         stats = player.stats
         log('[replay] interrupted: flushing what was recorded')
@@ -476,6 +482,8 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
             recorder.close()  # flush first: nothing recorded is lost, whatever happens next
             if bringup is not None:
                 bringup.stop()
+            if node_log is not None:
+                node_log.close()
             executor.shutdown()
             node.destroy_node()
             if initialised:
@@ -496,12 +504,14 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
         'sim_s': stats.sim_s, 'achieved_rate': stats.achieved_rate, 'max_lag_s': stats.max_lag_s,
         'expected_output_rate_hz': float(plan.policy_params['control_rate_hz']),
         'not_played': player.skipped, 'recorder_errors': recorder.failures,
-        'interrupted': interrupted, 'error': error,
+        'interrupted': interrupted is not None, 'error': error,
     }
-    report['plots'] = [str(p) for p in write_plots(reference, recorded, report, out_dir)]
+    # A stopped replay must stop fast (the plots take a second or more): its recorded bag and report are
+    # kept, and a plot of half a bag says little.
+    report['plots'] = [] if interrupted else [str(p) for p in write_plots(reference, recorded, report, out_dir)]
     write_report(report, out_dir / 'report.json')
-    if interrupted:
-        raise KeyboardInterrupt
+    if interrupted is not None:
+        raise interrupted
     if error is not None:
         raise RuntimeError(error)
     return report
@@ -528,8 +538,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
     lines = [
         f"ticks compared  {errors['compared_ticks']} of {errors['policy_ticks']} policy outputs",
-        f"first-action MAE {num(errors['mae'], '.4f')} rad, RMSE {num(errors['rmse'], '.4f')} rad; zero-action "
-        f"MAE {num(errors['zero_action']['mae'], '.4f')} (ratio {num(errors['mae_ratio_to_zero_action'], '.2f')})",
+        f"first-action MAE {num(errors['mae'], '.4f')} rad, RMSE {num(errors['rmse'], '.4f')} rad against the "
+        f"demonstrated commands",
+        f"baseline        commanding the measured position (zero action) scores MAE "
+        f"{num(errors['zero_action']['mae'], '.4f')} rad; policy / baseline = "
+        f"{num(errors['mae_ratio_to_zero_action'], '.2f')} (below 1: the policy beats holding still)",
         f"output rate     {num(report['output_rate_hz'], '.2f')} Hz (sim time; expected "
         f"{report['replay']['expected_output_rate_hz']:g})",
         f"HOLD            {hold['seconds']:.1f} s {hold['seconds_by_code'] or ''}",
@@ -575,29 +588,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='recorded bag storage')
     parser.add_argument('--discovery-timeout', type=float, default=30.0,
                         help='seconds to wait for the nodes to connect before playing')
+    parser.add_argument('--verbose', action='store_true',
+                        help="print the nodes' logs here too (they always go to OUT/nodes.log)")
 
 
 def run(args: argparse.Namespace) -> int:
     from diffusion_policy_ros.core.checkpoint import CheckpointError
+    cfg = None
     try:
         cfg = ReplayConfig(bag=args.bag, params=args.params, out=args.out, checkpoint=args.checkpoint,
                            rate=args.rate, guard=args.guard, connect=args.connect, command_topic=args.command_topic,
                            guard_params=args.guard_params, overrides=list(args.overrides), clock_hz=args.clock_hz,
-                           storage=args.storage, discovery_timeout_s=args.discovery_timeout)
+                           storage=args.storage, discovery_timeout_s=args.discovery_timeout,
+                           verbose=args.verbose)
         report = replay(cfg)
     except (ReplayInputError, BagError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f'dp-ros replay: refused: {err}', file=sys.stderr, flush=True)
         return EXIT_REFUSED
-    except KeyboardInterrupt:
-        print('dp-ros replay: interrupted; the recorded bag and a partial report are in the output directory',
-              file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (the CLI turns it into this): a requested stop
+        print(f'[replay] stopped by {str(stop) or "SIGINT"}: no score; the recorded bag and a partial report are in '
+              f'{cfg.out_dir if cfg else "the output folder"}', flush=True)
+        return 0
     except (RuntimeError, TimeoutError) as err:
         print(f'dp-ros replay: failed: {err}', file=sys.stderr, flush=True)
         return EXIT_FAILED
     for line in summary_lines(report):
         print(f'[replay] {line}', flush=True)
-    print(f'[replay] report: {cfg.out_dir / "report.json"}', flush=True)
+    written = [cfg.out_dir / 'report.json', *report['plots'], report['replay']['recorded_bag']]
+    print(f'[replay] wrote {", ".join(map(str, written))}', flush=True)
     if report['policy_outputs'] == 0:
         print('dp-ros replay: failed: the policy published nothing', file=sys.stderr, flush=True)
         return EXIT_FAILED
