@@ -59,3 +59,14 @@ def test_a_mistyped_checkpoint_is_one_line_and_leaves_no_output_folder(tmp_path)
     debug = dp_ros('--debug', 'eval', '--checkpoint', str(tmp_path / 'typo'), '--task', 'reach_around',
                    '--out', str(out_dir))
     assert debug.returncode == 2 and 'Traceback' in debug.stderr and 'CheckpointError' in debug.stderr
+
+
+def test_bringup_help_is_whole_and_plain():
+    out = subprocess.run([sys.executable, '-m', 'diffusion_policy_ros.nodes.bringup', '--help'], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and '`' not in out.stdout
+    assert 'SIGINT or SIGTERM stops them all.' in ' '.join(out.stdout.split()) and 'exit codes:' in out.stdout
+    missing = subprocess.run([sys.executable, '-m', 'diffusion_policy_ros.nodes.bringup', '--config', 'nope.yaml'],
+                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        f'bringup: error: bring-up file not found: nope.yaml (also looked in {ROOT})'], missing.stderr

@@ -190,17 +190,30 @@ class BringUp:
             self._node = None
 
 
+BRINGUP_EXIT_CODES = ('exit codes: 0 stopped by SIGINT/SIGTERM; 1 a node failed to start or exited; '
+                      '2 a usage error')
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='bringup', description=__doc__.splitlines()[0])
+    from diffusion_policy_ros.cli import HelpFormatter
+    parser = argparse.ArgumentParser(
+        prog='bringup', formatter_class=HelpFormatter, epilog=BRINGUP_EXIT_CODES,
+        description="start the package's nodes from the params files the launch files use, and drive their "
+                    "lifecycle to active (for where launch_ros is not installed). SIGINT or SIGTERM stops them all.")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument('--config', default='config/sim.yaml', help='bring-up params file')
+    group.add_argument('--config', default='config/sim.yaml',
+                       help='bring-up params file (its bringup.ros__parameters.nodes lists the nodes)')
     group.add_argument('--robot', action='store_true', help='use config/robot.yaml (policy + guard only)')
     parser.add_argument('--set', action='append', default=[], metavar='NODE.PARAM:=VALUE',
                         help='override a parameter of one node, e.g. policy_node.device:=cpu')
     args = parser.parse_args(rclpy.utilities.remove_ros_args(sys.argv)[1:] if argv is None else argv)
-    config = resolve_config('config/robot.yaml' if args.robot else args.config)
+    try:
+        config = resolve_config('config/robot.yaml' if args.robot else args.config)
+        launches = plan_bringup(config, args.set)
+    except (FileNotFoundError, ValueError) as err:  # a wrong path or bring-up file: one line, no traceback
+        parser.exit(2, f'bringup: error: {err}\n')
     apply_dds_profile()  # for bring-up's own participant and, inherited, for every node it starts
-    bringup = BringUp(plan_bringup(config, args.set))
+    bringup = BringUp(launches)
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
