@@ -34,9 +34,11 @@ class Stopped:
     survivors: list[str] = field(default_factory=list)  # child processes still running after the stop
 
 
-def stop_with_signal(command: list[str], ready, signum: int, startup_s: float = 150.0) -> Stopped:
-    """Start `command` in its own session (the signal reaches it alone, as from `kill`), wait until
-    `ready(stdout, stderr)`, send `signum`, and wait for it to exit."""
+def stop_with_signal(command: list[str], ready, signum: int, startup_s: float = 150.0,
+                     whole_group: bool = False) -> Stopped:
+    """Start `command` in its own session, wait until `ready(stdout, stderr)`, send `signum` to it
+    alone (as `kill` does) or, `whole_group`, to it and every child (as a terminal's Ctrl-C does), and
+    wait for it to exit."""
     proc = subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     out: list[str] = []
@@ -49,7 +51,10 @@ def stop_with_signal(command: list[str], ready, signum: int, startup_s: float = 
         assert proc.poll() is None, ''.join(out) + ''.join(err)
         children = psutil.Process(proc.pid).children(recursive=True)
         sent = time.monotonic()
-        proc.send_signal(signum)
+        if whole_group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         code = proc.wait(HANG_S * 4)
         took = time.monotonic() - sent
         gone, alive = psutil.wait_procs(children, timeout=5)
@@ -91,6 +96,16 @@ def test_bringup_stops_every_node(tmp_path, signum):
     # bring-up relays its nodes' logs (stderr included) to its stdout, so its own stderr stays empty
     assert_clean(stopped)
     assert f'{signal.Signals(signum).name}: stopping every node' in stopped.stdout
+    assert '[bringup] stopped' in stopped.stdout
+
+
+def test_a_terminal_ctrl_c_reaching_every_node_at_once_still_stops_cleanly():
+    """Ctrl-C in a terminal signals bring-up and all three nodes together; bring-up's own SIGINT
+    follows. A node must not trace back when the second lands in its clean-up."""
+    stopped = stop_with_signal([sys.executable, '-m', 'diffusion_policy_ros.nodes.bringup', '--config',
+                                'config/sim.yaml'], lambda out, err: 'all nodes up' in out, signal.SIGINT,
+                               whole_group=True)
+    assert_clean(stopped)
     assert '[bringup] stopped' in stopped.stdout
 
 

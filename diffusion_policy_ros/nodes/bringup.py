@@ -174,7 +174,13 @@ class BringUp:
                 return f'{name} exited with code {proc.returncode}'
         return None
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 10.0, own_signal_after_s: float = 0.3) -> None:
+        """SIGINT to every node still running after `own_signal_after_s` (a terminal's Ctrl-C has already
+        reached them all: they are stopping, and a second signal at once would land in their clean-up),
+        then wait up to `timeout_s` before killing."""
+        grace_end = time.monotonic() + own_signal_after_s
+        while time.monotonic() < grace_end and any(p.poll() is None for p in self.processes.values()):
+            time.sleep(0.02)
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

@@ -2,6 +2,8 @@
 everything, and the `main` that runs one as its own process."""
 from __future__ import annotations
 
+import signal
+
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -35,6 +37,13 @@ class ReleasingLifecycleNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
 
+def ignore_stop_signals() -> None:
+    """Once a node is stopping, a second SIGINT/SIGTERM must not cut its clean-up short: a terminal's
+    Ctrl-C reaches every process of the group, and then `bringup` (or the demo) sends its own."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def spin_lifecycle_node(node: LifecycleNode, autostart: bool) -> int:
     """Spin `node` until Ctrl-C. With `autostart` it configures and activates itself (so the
     executable alone runs); if configure fails it stays up, unconfigured, waiting for transitions from
@@ -56,6 +65,7 @@ def spin_lifecycle_node(node: LifecycleNode, autostart: bool) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_stop_signals()
         node._release()
         node.destroy_node()
         rclpy.try_shutdown()
