@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from diffusion_policy_ros import __version__
-from diffusion_policy_ros.errors import UserError
+from diffusion_policy_ros.errors import StopRequested, UserError
 
 # name -> (module, one-line help). Keep in the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -93,7 +93,7 @@ def _stop_on_signals() -> dict[int, object]:
     def interrupt(signum: int, frame: object) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise StopRequested(signal.Signals(signum).name)
     return {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
 
 

@@ -9,3 +9,12 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Bad input, a missing file, a wrong setting: not a bug in this package."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGINT or SIGTERM asked a command to stop; every `except KeyboardInterrupt` handles it.
+
+    A subclass, not KeyboardInterrupt itself: CPython marks a KeyboardInterrupt (the exact type) that
+    unwinds through C-level `PyRun_*` code, which some extension modules call, as unhandled, and then
+    ends the process by SIGINT (exit -2) even after the command caught it and returned 0.
+    """

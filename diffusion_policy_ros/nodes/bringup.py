@@ -24,6 +24,7 @@ import rclpy
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 
+from diffusion_policy_ros.errors import StopRequested
 from diffusion_policy_ros.nodes.dds import apply_dds_profile, clean_stale_shared_memory
 from diffusion_policy_ros.nodes.params import load_params_file
 from diffusion_policy_ros.paths import share_dir
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     bringup = BringUp(launches)
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        raise StopRequested(signal.Signals(signum).name)
 
     # SIGINT from a terminal or a supervisor, SIGTERM from systemd or `kill`: both stop every node.
     signal.signal(signal.SIGINT, interrupt)
