@@ -79,6 +79,9 @@ class TrajectorySeries(JointSeries):
 
     due: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (N,) seconds
     n_points: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # (N,)
+    # every point of message i, (n_points[i], J), due at chunk_due[i] (seconds): the horizon scores
+    chunks: list[np.ndarray] = field(default_factory=list)
+    chunk_due: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -131,25 +134,27 @@ def _pick(names: Sequence[str], values: Sequence[float], wanted: Sequence[str], 
     return np.asarray([float(values[index[n]]) for n in wanted])
 
 
-def trajectory_first_point(msg: Any, joints: Sequence[str], what: str) -> tuple[float, np.ndarray, int]:
-    """(time_from_start of point 0 in s, point 0 in ``joints`` order, number of points)."""
+def trajectory_points(msg: Any, joints: Sequence[str], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(time_from_start of every point in s, (points, joints) positions in ``joints`` order)."""
     if len(msg.points) == 0:
         raise ValueError(f'{what} has no points')
-    first = msg.points[0]
-    return _seconds(first.time_from_start), _pick(list(msg.joint_names), first.positions, joints, what), len(msg.points)
+    names = list(msg.joint_names)
+    offsets = np.asarray([_seconds(p.time_from_start) for p in msg.points])
+    return offsets, np.stack([_pick(names, p.positions, joints, what) for p in msg.points])
 
 
 def _trajectory_series(items: Iterable[tuple[float, Any]], joints: Sequence[str], topic: str) -> TrajectorySeries:
-    stamps, due, values, counts = [], [], [], []
+    stamps, chunks, chunk_due = [], [], []
     for stamp, msg in items:
-        offset, point, count = trajectory_first_point(msg, joints, f'{topic} message stamped {stamp:.3f} s')
+        offsets, points = trajectory_points(msg, joints, f'{topic} message stamped {stamp:.3f} s')
         stamps.append(stamp)
-        due.append(stamp + offset)
-        values.append(point)
-        counts.append(count)
+        chunks.append(points)
+        chunk_due.append(stamp + offsets)
     j = len(joints)
-    return TrajectorySeries(tuple(joints), np.asarray(stamps, float), np.asarray(values, float).reshape(-1, j),
-                            np.asarray(due, float), np.asarray(counts, int))
+    return TrajectorySeries(tuple(joints), np.asarray(stamps, float),
+                            np.asarray([c[0] for c in chunks], float).reshape(-1, j),
+                            np.asarray([d[0] for d in chunk_due], float), np.asarray([len(c) for c in chunks], int),
+                            chunks, chunk_due)
 
 
 # ---------------------------------------------------------------------- the input bag
@@ -440,14 +445,18 @@ def write_plots(reference: BagReference, recorded: RecordedOutputs, report: dict
         if recorded.guard is not None and len(recorded.guard):
             ax.plot(recorded.guard.due - t0, recorded.guard.values[:, j], 's', mfc='none', color='C2', ms=6,
                     label='guard output')
+        for chunk, chunk_due in zip(recorded.policy.chunks, recorded.policy.chunk_due):  # the whole horizon
+            ax.plot(chunk_due - t0, chunk[:, j], color='C3', alpha=0.2, lw=0.8)
         ax.plot(recorded.policy.due - t0, recorded.policy.values[:, j], 'o', color='C3', ms=3,
-                label='policy first action')
+                label='policy first action (lines: each tick\'s whole chunk)')
         ax.set_ylabel(name, fontsize=8)
     axes[0, 0].legend(fontsize=7, loc='upper right', ncol=4)
-    errors = report.get('action_error', {})
-    if errors.get('mae') is not None:
-        axes[0, 0].set_title(f"MAE {errors['mae']:.4f} rad (zero-action {errors['zero_action']['mae']:.4f}) "
-                             f"over {errors['compared_ticks']} ticks", fontsize=9)
+    horizon = (report.get('horizon') or {})
+    policy_mae = ((horizon.get('policy') or {}).get('horizon') or {}).get('mae')
+    if policy_mae is not None:
+        bases = [b['horizon']['mae'] for b in horizon['baselines'].values() if b['horizon']['mae'] is not None]
+        axes[0, 0].set_title(f"horizon MAE {policy_mae:.4f} rad (best baseline {min(bases):.4f}) over "
+                             f"{horizon['ticks']} ticks: {report.get('verdict', {}).get('result', '')}", fontsize=9)
     axes[-1, 0].set_xlabel('time due (s, from bag start)')
     fig.tight_layout()
     joints_png = out_dir / 'joints.png'

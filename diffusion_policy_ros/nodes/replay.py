@@ -1,7 +1,7 @@
 """`dp-ros replay`: play a rosbag2 through the real nodes and score what they publish.
 
-    dp-ros replay BAG --params config/policy.yaml [--checkpoint CKPT] [--rate R] [--out OUT_DIR]
-                      [--no-guard] [--connect] [--set NODE.PARAM:=VALUE ...]
+    dp-ros replay BAG_OR_DIR... --params config/policy.yaml [--checkpoint CKPT] [--rate R] [--out OUT_DIR]
+                      [--no-guard] [--connect] [--set NODE.PARAM:=VALUE ...] [--threshold NAME=VALUE ...]
 
 1. Before any node starts, the bag is read to the end and checked against the params and the
    checkpoint (camera topics, joint-states topic with the checkpoint's joints, demonstrated commands):
@@ -16,13 +16,16 @@
 4. Every message the nodes publish (trajectories, diagnostics, lifecycle events) goes into a new
    rosbag2 in OUT_DIR/recorded as it arrives; the bag is closed (flushed) at the end and on Ctrl-C.
 5. OUT_DIR/report.json and PNG plots come from the input and the recorded bag
-   (`diffusion_policy_ros.data.replay_metrics`, which also defines every metric).
+   (`diffusion_policy_ros.data.replay_metrics` and `replay_scores`, which define every metric), with a
+   PASS/FAIL verdict against `--threshold`s. Several bags (or a directory of them) replay one after
+   the other, each into OUT_DIR/<bag name>, with one summary table and one verdict.
 
-Exit status: 0 done (or stopped by SIGINT/SIGTERM), 1 the nodes failed or published nothing, 2 input refused.
+Exit status: 0 PASS (or stopped by SIGINT/SIGTERM), 1 FAIL or the nodes failed, 2 input refused.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import itertools
 import signal
@@ -36,10 +39,12 @@ from typing import Any
 
 import yaml
 
-from diffusion_policy_ros.data.bags import TYPESTORE, BagError, BagWriter, read_messages
+from diffusion_policy_ros.data.bags import TYPESTORE, BagError, BagWriter, find_bags, read_messages
 from diffusion_policy_ros.data.replay_metrics import (DIAGNOSTICS_TYPE, GUARD_STATUS_SUFFIX, BagReference,
                                                       DiagnosticSample, ReplayInputError, ReplayTopics, check_bag,
                                                       compute_report, load_recorded, write_plots, write_report)
+from diffusion_policy_ros.data.replay_scores import (ReplayThresholds, add_scores, summary_row, summary_table,
+                                                     verdict_lines)
 
 GUARDED_POLICY_TOPIC = '/policy/joint_trajectory'  # what the guard reads (config/sim.yaml, config/robot.yaml)
 DEFAULT_COMMAND_TOPIC = '/arm_controller/joint_trajectory'
@@ -47,8 +52,8 @@ RECORDED_BAG = 'recorded'
 # Topics a bag may hold that must not be played back: the graph has its own publishers for them.
 NEVER_PLAYED = ('/clock', '/diagnostics', '/rosout', '/parameter_events')
 EXIT_REFUSED, EXIT_FAILED = 2, 1
-EXIT_CODES = ('exit codes: 0 the replay ran (or was stopped by SIGINT/SIGTERM: report.json says interrupted); '
-              '1 the nodes failed or the policy published nothing; 2 the bag, params or checkpoint do not fit')
+EXIT_CODES = ('exit codes: 0 every bag PASSes (or stopped by SIGINT/SIGTERM: report.json says interrupted); '
+              '1 a bag FAILs its checks, or the nodes failed; 2 a bag, the params or the checkpoint do not fit')
 
 
 @dataclass
@@ -70,6 +75,7 @@ class ReplayConfig:
     discovery_timeout_s: float = 30.0  # per wait: nodes on the input topics, on /clock, their publishers
     drain_s: float = 1.0  # wall time to wait for the nodes' last messages after the bag ends
     verbose: bool = False  # the nodes' logs on the terminal too (they always go to OUT_DIR/nodes.log)
+    thresholds: ReplayThresholds = field(default_factory=ReplayThresholds)  # what PASS needs
 
     def __post_init__(self) -> None:
         self.bag = Path(self.bag)
@@ -506,6 +512,7 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
         'not_played': player.skipped, 'recorder_errors': recorder.failures,
         'interrupted': interrupted is not None, 'error': error,
     }
+    add_scores(report, reference, recorded, cfg.thresholds, float(plan.policy_params['control_rate_hz']))
     # A stopped replay must stop fast (the plots take a second or more): its recorded bag and report are
     # kept, and a plot of half a bag says little.
     report['plots'] = [] if interrupted else [str(p) for p in write_plots(reference, recorded, report, out_dir)]
@@ -537,12 +544,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         return 'n/a' if value is None else format(value, fmt)
 
     lines = [
-        f"ticks compared  {errors['compared_ticks']} of {errors['policy_ticks']} policy outputs",
-        f"first-action MAE {num(errors['mae'], '.4f')} rad, RMSE {num(errors['rmse'], '.4f')} rad against the "
-        f"demonstrated commands",
-        f"baseline        commanding the measured position (zero action) scores MAE "
-        f"{num(errors['zero_action']['mae'], '.4f')} rad; policy / baseline = "
-        f"{num(errors['mae_ratio_to_zero_action'], '.2f')} (below 1: the policy beats holding still)",
+        f"ticks compared  {errors['compared_ticks']} of {errors['policy_ticks']} policy outputs; first action MAE "
+        f"{num(errors['mae'], '.4f')} rad (commanding the measured position: "
+        f"{num(errors['zero_action']['mae'], '.4f')})",
         f"output rate     {num(report['output_rate_hz'], '.2f')} Hz (sim time; expected "
         f"{report['replay']['expected_output_rate_hz']:g})",
         f"HOLD            {hold['seconds']:.1f} s {hold['seconds_by_code'] or ''}",
@@ -552,14 +556,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"replay          {report['replay']['sim_s']:.2f} s of bag in {report['replay']['wall_s']:.2f} s "
         f"(rate {num(report['replay']['achieved_rate'], '.2f')})",
     ]
-    expected, achieved = report['replay']['expected_output_rate_hz'], report['output_rate_hz']
-    if achieved is not None and achieved < 0.8 * expected:
-        lines.append(f'WARNING: the policy published at {achieved:.1f} Hz of sim time, not {expected:g}: the nodes '
-                     f'could not keep up at --rate {report["replay"]["rate"]:g}; lower it')
     if 'guard' in report:
         lines.append(f"guard           {report['guard']['blocked_chunks']} blocked chunks of "
-                     f"{report['guard']['chunks_reviewed']} reviewed")
-    return lines
+                     f"{report['guard']['chunks_reviewed']} reviewed; longest gap between its outputs "
+                     f"{num(report['guard'].get('max_gap_s'), '.2f')} s")
+    lines.append(f"kept up         held {report['fell_behind_s']:.1f} s of {report['sim_duration_s']:.1f} s because "
+                 f"the stack fell behind (NO_CHUNK/STALE/INFERENCE_ERROR); longest gap between policy outputs "
+                 f"{num(report['max_output_gap_s'], '.2f')} s")
+    return lines + verdict_lines(report)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -568,12 +572,15 @@ def _ms(seconds: float | None) -> float | None:
 
 # ---------------------------------------------------------------------- CLI adapter
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('bag', type=Path, help='rosbag2 directory (MCAP or sqlite3) or storage file')
+    parser.add_argument('bags', type=Path, nargs='+', metavar='BAG_OR_DIR',
+                        help='rosbag2 directories (MCAP or sqlite3) or storage files, or folders to search for them')
     parser.add_argument('--params', default='config/policy.yaml',
                         help="policy_node params file, or a bring-up file (config/sim.yaml) naming the nodes' files")
-    parser.add_argument('--checkpoint', default=None, help="checkpoint directory (default: the params file's)")
+    parser.add_argument('--checkpoint', default=None, help="checkpoint or run folder (default: the params file's)")
     parser.add_argument('--rate', type=float, default=1.0, help='playback speed (2 = twice as fast)')
-    parser.add_argument('--out', type=Path, default=None, help='output directory (default: replays/<bag name>)')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='output folder (default: replays/<bag name>; with several bags each goes to '
+                             'OUT/<bag name>)')
     parser.add_argument('--no-guard', dest='guard', action='store_false',
                         help='no collision guard: score and record the policy alone')
     parser.add_argument('--connect', action='store_true',
@@ -584,6 +591,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='collision_guard_node params file (when --params is not a bring-up file)')
     parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='NODE.PARAM:=VALUE',
                         help='override a node parameter, e.g. policy_node.torch_threads:=1')
+    parser.add_argument('--threshold', dest='thresholds', action='append', default=[], metavar='NAME=VALUE',
+                        help='change what PASS needs, e.g. max_ratio_to_baseline=0.9 (names and defaults: '
+                             + ', '.join(f'{k}={v:g}' for k, v in dataclasses.asdict(ReplayThresholds()).items())
+                             + ')')
     parser.add_argument('--clock-hz', type=float, default=100.0, help='/clock messages per second of bag time')
     parser.add_argument('--storage', choices=('mcap', 'sqlite3'), default='mcap', help='recorded bag storage')
     parser.add_argument('--discovery-timeout', type=float, default=30.0,
@@ -592,31 +603,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the nodes' logs here too (they always go to OUT/nodes.log)")
 
 
+def _outputs(bags: list[Path], out: Path | None) -> list[Path | None]:
+    """Each bag's output folder: --out for one bag, OUT/<bag name> (made unique) for several."""
+    if len(bags) == 1:
+        return [out]
+    root = out if out is not None else Path('replays')
+    names = Counter(bag.name for bag in bags)
+    return [root / (bag.name if names[bag.name] == 1 else f'{bag.parent.name}_{bag.name}') for bag in bags]
+
+
 def run(args: argparse.Namespace) -> int:
     from diffusion_policy_ros.core.checkpoint import CheckpointError
-    cfg = None
     try:
-        cfg = ReplayConfig(bag=args.bag, params=args.params, out=args.out, checkpoint=args.checkpoint,
-                           rate=args.rate, guard=args.guard, connect=args.connect, command_topic=args.command_topic,
-                           guard_params=args.guard_params, overrides=list(args.overrides), clock_hz=args.clock_hz,
-                           storage=args.storage, discovery_timeout_s=args.discovery_timeout,
-                           verbose=args.verbose)
-        report = replay(cfg)
-    except (ReplayInputError, BagError, CheckpointError, FileNotFoundError, ValueError) as err:
+        bags = find_bags(args.bags)
+        thresholds = ReplayThresholds.with_overrides(args.thresholds)
+        configs = [ReplayConfig(bag=bag, params=args.params, out=out, checkpoint=args.checkpoint, rate=args.rate,
+                                guard=args.guard, connect=args.connect, command_topic=args.command_topic,
+                                guard_params=args.guard_params, overrides=list(args.overrides),
+                                clock_hz=args.clock_hz, storage=args.storage,
+                                discovery_timeout_s=args.discovery_timeout, verbose=args.verbose,
+                                thresholds=thresholds)
+                   for bag, out in zip(bags, _outputs(bags, args.out))]
+    except (BagError, ValueError) as err:
         print(f'dp-ros replay: refused: {err}', file=sys.stderr, flush=True)
         return EXIT_REFUSED
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (the CLI turns it into this): a requested stop
-        print(f'[replay] stopped by {str(stop) or "SIGINT"}: no score; the recorded bag and a partial report are in '
-              f'{cfg.out_dir if cfg else "the output folder"}', flush=True)
-        return 0
-    except (RuntimeError, TimeoutError) as err:
-        print(f'dp-ros replay: failed: {err}', file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    for line in summary_lines(report):
-        print(f'[replay] {line}', flush=True)
-    written = [cfg.out_dir / 'report.json', *report['plots'], report['replay']['recorded_bag']]
-    print(f'[replay] wrote {", ".join(map(str, written))}', flush=True)
-    if report['policy_outputs'] == 0:
-        print('dp-ros replay: failed: the policy published nothing', file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    return 0
+    rows, code = [], 0
+    for index, cfg in enumerate(configs):
+        if len(configs) > 1:
+            print(f'[replay] bag {index + 1}/{len(configs)}: {cfg.bag}', flush=True)
+        try:
+            report = replay(cfg)
+        except (ReplayInputError, BagError, CheckpointError, FileNotFoundError, ValueError) as err:
+            print(f'dp-ros replay: refused: {err}', file=sys.stderr, flush=True)
+            if len(configs) == 1:
+                return EXIT_REFUSED
+            rows.append(summary_row(str(cfg.bag), None, str(err)))
+            code = max(code, EXIT_FAILED)
+            continue
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (the CLI turns it into this): a requested stop
+            print(f'[replay] stopped by {str(stop) or "SIGINT"}: no verdict; the recorded bag and a partial report '
+                  f'are in {cfg.out_dir}', flush=True)
+            return 0
+        except (RuntimeError, TimeoutError) as err:
+            print(f'dp-ros replay: failed: {err}', file=sys.stderr, flush=True)
+            rows.append(summary_row(str(cfg.bag), None, str(err)))
+            code = EXIT_FAILED
+            continue
+        for line in summary_lines(report):
+            print(f'[replay] {line}', flush=True)
+        written = [cfg.out_dir / 'report.json', *report['plots'], report['replay']['recorded_bag']]
+        print(f'[replay] wrote {", ".join(map(str, written))}', flush=True)
+        rows.append(summary_row(str(cfg.bag), report))
+        if report['verdict']['result'] != 'PASS':
+            code = EXIT_FAILED
+    if len(configs) > 1:
+        root = configs[0].out_dir.parent
+        overall = 'PASS' if all(row['verdict'] == 'PASS' for row in rows) else 'FAIL'
+        write_report({'verdict': overall, 'bags': rows, 'thresholds': dataclasses.asdict(thresholds)},
+                     root / 'summary.json')
+        print('\n' + summary_table(rows), flush=True)
+        print(f"[replay] {overall}: {sum(r['verdict'] == 'PASS' for r in rows)} of {len(rows)} bags pass; "
+              f"wrote {root / 'summary.json'}", flush=True)
+    return code
