@@ -193,15 +193,20 @@ def test_sim_config_loads():
     assert cfg.image_size == (96, 96) and cfg.control_rate_hz == 10.0
 
 
-def test_cli_dataset_on_a_bag_directory(tmp_path, capsys):
-    write_demo_bag(tmp_path / 'bags' / 'one')
-    write_demo_bag(tmp_path / 'bags' / 'nested' / 'two', storage='sqlite3')
+def _cli_dataset_args(tmp_path):
+    """The demo config as YAML in tmp_path, and `dp-ros dataset tmp_path/bags ... --out tmp_path/ds.zarr`."""
     cfg = demo_config()
     raw = {'cameras': [{'topic': c.topic, 'key': c.key} for c in cfg.cameras], 'joint_names': list(ARM),
            'action': {'source': 'joint_trajectory', 'topic': '/cmd'}, 'image_size': list(MODEL_HW)}
     (tmp_path / 'cfg.yaml').write_text(yaml.safe_dump(raw))
-    argv = ['dataset', str(tmp_path / 'bags'), '--config', str(tmp_path / 'cfg.yaml'), '--out',
-            str(tmp_path / 'ds.zarr'), '--no-progress']
+    return raw, ['dataset', str(tmp_path / 'bags'), '--config', str(tmp_path / 'cfg.yaml'), '--out',
+                 str(tmp_path / 'ds.zarr'), '--no-progress']
+
+
+def test_cli_dataset_on_a_bag_directory(tmp_path, capsys):
+    write_demo_bag(tmp_path / 'bags' / 'one')
+    write_demo_bag(tmp_path / 'bags' / 'nested' / 'two', storage='sqlite3')
+    raw, argv = _cli_dataset_args(tmp_path)
     assert cli_main(argv) == 0
     assert '2 episode(s), 40 frame(s) from 2 bag(s); 0 skipped' in capsys.readouterr().out
     assert zarr.open_group(str(tmp_path / 'ds.zarr'), mode='r')['meta/episode_ends'][:].tolist() == [20, 40]
@@ -216,12 +221,7 @@ def test_cli_dataset_on_a_bag_directory(tmp_path, capsys):
 def test_cli_dataset_where_nothing_converts_writes_nothing_and_says_why_once(tmp_path, capsys):
     for name in ('a', 'b', 'c'):
         write_demo_bag(tmp_path / 'bags' / name, dataclasses.replace(DemoSpec(), commands=[]))
-    cfg = demo_config()
-    raw = {'cameras': [{'topic': c.topic, 'key': c.key} for c in cfg.cameras], 'joint_names': list(ARM),
-           'action': {'source': 'joint_trajectory', 'topic': '/cmd'}, 'image_size': list(MODEL_HW)}
-    (tmp_path / 'cfg.yaml').write_text(yaml.safe_dump(raw))
-    argv = ['dataset', str(tmp_path / 'bags'), '--config', str(tmp_path / 'cfg.yaml'), '--out',
-            str(tmp_path / 'ds.zarr'), '--no-progress']
+    raw, argv = _cli_dataset_args(tmp_path)
     assert cli_main(argv) == 1
     out = capsys.readouterr().out
     assert not (tmp_path / 'ds.zarr').exists() and not (tmp_path / 'ds.zarr.partial').exists()
