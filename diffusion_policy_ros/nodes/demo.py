@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f'policy_node.checkpoint:={args.checkpoint}')
     launches = plan_bringup(config, overrides)
     node_log = NodeLog(out / NODE_LOG, echo=args.verbose)
-    print(f'[demo] bringing up {", ".join(l.executable for l in launches)} from {config} '
+    print(f'[demo] bringing up {", ".join(l.executable for l in launches)} from {args.config} '
           f'(their logs: {out / NODE_LOG})', flush=True)
     bringup = BringUp(launches, transition_timeout_s=args.startup_timeout, log=node_log)
     report: dict = {'config': str(config), 'episodes': [], 'stack_ok': False}
