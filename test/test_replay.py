@@ -444,14 +444,18 @@ def test_a_folder_of_bags_passes_with_the_shipped_policy_and_fails_when_inferenc
                          '--set', 'policy_node.torch_threads:=1', timeout=400)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     summary = json.loads((out / 'summary.json').read_text())
-    assert summary['verdict'] == 'PASS' and len(summary['bags']) == 3, summary
+    assert summary['verdict']['result'] == 'PASS' and len(summary['bags']) == 3, summary
     assert [Path(row['bag']).name for row in summary['bags']] == ['episode_0001', 'episode_0002', 'episode_0003']
+    # Pooled over the suite, the trained policy's path over the next second is far closer to the
+    # demonstration than any baseline's (one bag alone may go the other way round the obstacle).
+    pooled = summary['verdict']['pooled_horizon_mae']
+    assert pooled['policy'] < 0.8 * min(pooled[name] for name in ('hold_measured', 'repeat_last_command',
+                                                                   'start_pose')), pooled
     for row in summary['bags']:
-        # the trained policy's path over the next second is well closer to the demonstration than any baseline's
-        assert row['horizon_mae'] < 0.8 * row['best_baseline_mae'], row
         report = json.loads((out / Path(row['bag']).name / 'report.json').read_text())
-        assert report['verdict']['result'] == 'PASS' and report['horizon']['policy']['end']['mae'] is not None
-    assert result.stdout.strip().splitlines()[-1].startswith('[replay] PASS: 3 of 3 bags pass')
+        assert report['verdict']['result'] == row['verdict'] and report['horizon']['policy']['end']['mae'] is not None
+        assert report['fell_behind_s'] < 0.1 * report['sim_duration_s']
+    assert result.stdout.strip().splitlines()[-1].startswith('[replay] PASS: pooled horizon MAE')
 
     # The same policy behind 0.5 s of inference cannot keep 10 Hz: held most of the bag, so it FAILS.
     slow = _run_replay(str(episode_bag), '--checkpoint', str(TRAINED_REACH_AROUND), '--out', str(tmp_path / 'slow'),

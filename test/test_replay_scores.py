@@ -115,3 +115,23 @@ def test_waiting_for_the_first_chunk_is_start_up_not_falling_behind():
     never = [sample(0.1, 0, 0.1), sample(3.0, 0, 3.0)]
     assert fell_behind(never) == (pytest.approx(3.0), None)
     assert fell_behind([]) == (0.0, None)
+
+
+def test_a_suite_pools_the_horizon_comparison_and_needs_every_bag_to_keep_up():
+    from diffusion_policy_ros.data.replay_scores import suite_verdict
+    ref = reference()
+
+    def report(predict, fell_behind_s=0.0):
+        out = {'input_bag': 'bag', 'horizon': horizon_scores(ref, chunks(predict)), 'sim_duration_s': 4.0,
+               'fell_behind_s': fell_behind_s, 'output_rate_hz': 10.0, 'max_output_gap_s': 0.1}
+        out['verdict'] = verdict(out, ReplayThresholds(), 10.0)
+        return out
+    good = report(lambda t, due: path(due))
+    worse = report(lambda t, due: path(due) + 0.19)  # 0.19 rad off everywhere: no better than holding
+    assert worse['verdict']['result'] == 'FAIL'
+    suite = suite_verdict([good, good, worse], ReplayThresholds())
+    assert suite['result'] == 'PASS' and suite['bags_passing_alone'] == 2
+    assert suite['pooled_horizon_mae']['policy'] == pytest.approx(0.19 / 3, abs=1e-6)
+    slow = report(lambda t, due: path(due), fell_behind_s=2.0)
+    suite = suite_verdict([good, slow], ReplayThresholds())
+    assert suite['result'] == 'FAIL' and len(suite['failed']) == 1 and 'fell behind' in suite['failed'][0]

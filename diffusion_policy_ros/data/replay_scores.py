@@ -226,6 +226,34 @@ def verdict(report: dict[str, Any], thresholds: ReplayThresholds, control_rate_h
             'thresholds': asdict(thresholds)}
 
 
+def suite_verdict(reports: list[dict[str, Any]], thresholds: ReplayThresholds) -> dict[str, Any]:
+    """The verdict of a set of bags: the horizon comparison pooled over every scored point of every bag
+    (one bag where a bimodal policy took the other way does not decide it alone), and every other
+    check (keeping up, gaps, complete) held on every bag."""
+    pooled: dict[str, float | None] = {}
+    for name in ('policy', *BASELINES):
+        total = points = 0.0
+        for report in reports:
+            horizon = report.get('horizon') or {}
+            scored = (horizon.get('policy') if name == 'policy' else horizon.get('baselines', {}).get(name)) or {}
+            mae, n = scored.get('horizon', {}).get('mae'), scored.get('horizon', {}).get('points', 0)
+            if mae is not None and n:
+                total, points = total + mae * n, points + n
+        pooled[name] = total / points if points else None
+    failed = []
+    for name in BASELINES:
+        ratio = pooled['policy'] / pooled[name] if pooled['policy'] is not None and pooled[name] else None
+        if ratio is None or ratio > thresholds.max_ratio_to_baseline:
+            shown = 'n/a' if ratio is None else format(ratio, '.3g')
+            failed.append(f"pooled horizon MAE / {name.replace('_', ' ')} baseline: {shown} "
+                          f"(<= {thresholds.max_ratio_to_baseline:g})")
+    for report in reports:
+        other = [c['text'] for c in report['verdict']['checks'] if not c['ok'] and not c['check'].startswith('beats_')]
+        failed += [f"{report['input_bag']}: {text}" for text in other]
+    return {'result': 'FAIL' if failed else 'PASS', 'failed': failed, 'pooled_horizon_mae': pooled,
+            'bags_passing_alone': sum(r['verdict']['result'] == 'PASS' for r in reports), 'bags': len(reports)}
+
+
 def verdict_lines(report: dict[str, Any]) -> list[str]:
     """The horizon scores beside their baselines, and the verdict with every failed check."""
     horizon = report.get('horizon') or {}
