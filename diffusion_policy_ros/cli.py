@@ -5,7 +5,7 @@ Each sub-command lives next to the code it drives and is imported only when it r
 A command module provides `add_arguments(parser)` and `run(args) -> int`, and may set `EXIT_CODES`
 (the epilog of its --help) when its codes differ from the common ones below.
 
-Every command: a user error (a `UserError`, or a path that does not exist) prints one line and exits 2
+Every command: a user error (a `UserError`, a ValueError, a path that does not exist) prints one line and exits 2
 without a traceback (`--debug` shows it); SIGINT and SIGTERM stop it as Ctrl-C does, with exit code 0;
 an output folder the command created and left empty is removed.
 """
@@ -43,8 +43,9 @@ DESCRIPTION = ('diffusion policies on ROS 2: record demonstrations, train, evalu
                'and run the closed-loop demo. "dp-ros COMMAND --help" explains each command.')
 EXIT_CODES = ('exit codes: 0 done (also when stopped by SIGINT/SIGTERM); 1 the job ran and failed, '
               'its summary says why; 2 a usage or input error, named in one line')
-# Errors from paths the user typed: one line is the whole story.
-PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+# Errors from paths the user typed, and the ValueErrors input validation raises throughout (a wrong
+# setting, a checkpoint of the wrong kind): one line is the whole story, --debug has the traceback.
+PLAIN_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, ValueError)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(f'{sub.prog}: stopped by {str(stop) or "SIGINT"}', flush=True)
         code = 0
-    except (UserError, *PATH_ERRORS) as err:
+    except (UserError, *PLAIN_ERRORS) as err:
         if debug:
             traceback.print_exc()
         hint = '' if debug else ' (--debug shows the traceback)'

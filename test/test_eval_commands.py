@@ -94,10 +94,12 @@ def test_sweep_cli_writes_table_and_plot_of_ddim_steps(checkpoints, tmp_path):
     assert document['reports']['4']['num_inference_steps'] == 4
 
 
-def test_sweep_of_ddim_steps_rejects_a_bc_checkpoint(checkpoints, tmp_path):
-    with pytest.raises(ValueError, match='needs a diffusion policy'):
-        main(['sweep', '--checkpoint', str(checkpoints['bc_camera']), '--task', 'pick_place', '--what', 'ddim_steps',
-              '--episodes', '1', '--out', str(tmp_path)])
+def test_sweep_of_ddim_steps_rejects_a_bc_checkpoint(checkpoints, tmp_path, capsys):
+    assert main(['sweep', '--checkpoint', str(checkpoints['bc_camera']), '--task', 'pick_place', '--what',
+                 'ddim_steps', '--episodes', '1', '--out', str(tmp_path / 'sweep')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'needs a diffusion policy' in err[0] and 'Traceback' not in err[0]
+    assert not (tmp_path / 'sweep').exists()
 
 
 def test_viz_denoise_cli_writes_png_and_gif(checkpoints, tmp_path, capsys):

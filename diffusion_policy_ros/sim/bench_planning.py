@@ -35,6 +35,7 @@ from .hybrid import ARM, ClassicalController, CycleCosts, GuardFilter
 from .model import TASKS
 from .rollout import rollout
 from ..jsonio import write_json
+from ..errors import UserError
 
 ARMS = ('policy', 'hybrid', 'classical')
 SCENES = ('static', 'dynamic')
@@ -185,12 +186,12 @@ def run(args: argparse.Namespace) -> int:
     arms = [a for a in args.arms.split(',') if a]
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
-        raise SystemExit(f'dp-ros bench-planning: unknown arm(s) {unknown}; expected {list(ARMS)}')
+        raise UserError(f'unknown arm(s) {unknown}; expected {list(ARMS)}')
     checkpoints = {task: share_dir() / 'models' / task for task in tasks}
     for item in args.checkpoint:
         task, _, folder = item.partition('=')
         if task not in TASKS or not folder:
-            raise SystemExit(f'dp-ros bench-planning: --checkpoint expects TASK=DIR with TASK in {TASKS}, got {item!r}')
+            raise UserError(f'--checkpoint expects TASK=DIR with TASK in {TASKS}, got {item!r}')
         checkpoints[task] = Path(folder)
     seeds = list(range(args.seed, args.seed + (2 if args.quick else args.seeds)))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ from .arm import SimArm, SimConfig
 from .model import ALL_TASKS, base_task, mujoco
 from .rollout import rollout
 from ..jsonio import json_safe, write_json
+from ..errors import UserError
 
 DEFAULT_EVAL_SEED = 1000  # demos use seeds 0..N-1 (+ retries): evaluation starts well past them
 GIF_SIZE = (192, 192)  # (H, W) of the episode GIF: larger than the policy's 96x96 so people can see it
@@ -553,7 +554,7 @@ def _parse_camera_map(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, camera = item.partition('=')
         if not sep or not key or camera not in ('scene', 'wrist'):
-            raise SystemExit(f'dp-ros eval: --camera expects KEY=scene or KEY=wrist, got {item!r}')
+            raise UserError(f'--camera expects KEY=scene or KEY=wrist, got {item!r}')
         mapping[key] = camera
     return mapping
 

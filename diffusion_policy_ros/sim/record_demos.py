@@ -21,6 +21,7 @@ from .experts import ExpertConfig, ScriptedExpert
 from .model import TASKS
 from .rollout import rollout
 from ..jsonio import write_json
+from ..errors import UserError
 
 IMAGE_TOPIC = '/camera/color/image_raw'
 WRIST_IMAGE_TOPIC = '/wrist_camera/color/image_raw'
@@ -104,11 +105,11 @@ def run(args: argparse.Namespace) -> int:
     from ..data.bags import BagWriter
 
     if args.episodes < 1:
-        raise SystemExit('dp-ros demos: --episodes must be >= 1')
+        raise UserError('--episodes must be >= 1')
     out: Path = args.out
     existing = sorted(out.glob('episode_*')) if out.exists() else []
     if existing:
-        raise SystemExit(f'dp-ros demos: {out} already holds {len(existing)} episode(s); choose an empty --out')
+        raise UserError(f'{out} already holds {len(existing)} episode(s); choose an empty --out')
     out.mkdir(parents=True, exist_ok=True)
     cfg = SimConfig(task=args.task, seed=args.seed, wrist_camera=args.wrist_camera, camera_hz=args.camera_hz,
                     joint_state_hz=args.joint_state_hz, camera_height=args.image_size[0],

@@ -25,6 +25,7 @@ from .evaluate import (DEFAULT_EVAL_SEED, EvalReport, json_safe, default_sim_con
                        policy_config)
 from .model import TASKS
 from ..jsonio import write_json
+from ..errors import UserError
 
 DDIM_STEPS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
 ACTION_HORIZONS: tuple[int, ...] = (4, 8, 16, 32)
@@ -237,7 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.episodes < 1:
-        raise SystemExit('dp-ros sweep: --episodes must be >= 1')
+        raise UserError('--episodes must be >= 1')
     result = sweep(args.checkpoint, args.task, args.what, args.episodes, args.seed, args.out, values=args.values,
                    latency_s=args.latency_s, device=args.device, blending=args.blending,
                    episode_seconds=args.episode_seconds, progress=True)
