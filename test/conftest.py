@@ -67,6 +67,8 @@ def _dds_domain_per_module(request):
 
 os.environ['ROS_DOMAIN_ID'] = str(_PROCESS_DOMAIN)
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+# A node that hangs in a test is sent SIGABRT: faulthandler then prints every thread's stack to its log.
+os.environ['PYTHONFAULTHANDLER'] = '1'
 os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(_ROOT, 'config', 'dds', 'fastdds.xml'))
 if sys.prefix not in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
     os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join(

@@ -438,7 +438,13 @@ def test_a_finished_episode_holds_until_reset(sim):
 
 def test_sigint_stops_the_node_cleanly(sim):
     sim.proc.send_signal(signal.SIGINT)
-    assert sim.proc.wait(timeout=15) == 0
+    try:
+        code = sim.proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:  # a hang: faulthandler (conftest) prints where each thread is
+        sim.proc.send_signal(signal.SIGABRT)
+        sim.proc.wait(10)
+        pytest.fail(f'sim_robot_node did not stop within 15 s of SIGINT:\n{_node_output(sim.proc)}')
+    assert code == 0
     output = _node_output(sim.proc)
     assert 'Traceback' not in output, output
 

@@ -39,7 +39,10 @@ class ReleasingLifecycleNode(LifecycleNode):
 
 def ignore_stop_signals() -> None:
     """Once a node is stopping, a second SIGINT/SIGTERM must not cut its clean-up short: a terminal's
-    Ctrl-C reaches every process of the group, and then `bringup` (or the demo) sends its own."""
+    Ctrl-C reaches every process of the group, and then `bringup` (or the demo) sends its own.
+    rclpy's own handlers (and their signal thread) are taken down first, through rclpy, so that
+    nothing of rclpy's is left pointing at a handler replaced under it."""
+    rclpy.signals.uninstall_signal_handlers()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
 
