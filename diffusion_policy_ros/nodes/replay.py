@@ -53,8 +53,8 @@ RECORDED_BAG = 'recorded'
 NEVER_PLAYED = ('/clock', '/diagnostics', '/rosout', '/parameter_events')
 EXIT_REFUSED, EXIT_FAILED = 2, 1
 REPLAY_NOISE_SEED = 1  # policy_node.seed of the nodes a replay starts, unless --set says otherwise
-EXIT_CODES = ('exit codes: 0 every bag PASSes (or stopped by SIGINT/SIGTERM: report.json says interrupted); '
-              '1 a bag FAILs its checks, or the nodes failed; 2 a bag, the params or the checkpoint do not fit')
+EXIT_CODES = ('exit codes: 0 PASS (of the bag, or of the set of bags), or stopped by SIGINT/SIGTERM (report.json '
+              'says interrupted); 1 FAIL, or the nodes failed; 2 a bag, the params or the checkpoint do not fit')
 
 
 @dataclass
