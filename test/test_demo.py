@@ -42,4 +42,4 @@ def test_demo_one_episode_writes_a_complete_report(tmp_path):
         for index in range(gif.n_frames):  # (Pillow merges identical frames, adding their delays)
             gif.seek(index)
             durations.append(gif.info['duration'])
-    assert 80 <= min(durations) <= 120 and sum(durations) >= 100 * len(durations), durations
+    assert durations[0] >= 100 and all(d % 100 == 0 for d in durations), durations  # 10 Hz camera

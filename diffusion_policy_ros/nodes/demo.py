@@ -108,11 +108,13 @@ class DemoMonitor:
             self.frames.append(frame)
             self.frame_stamps.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
 
-    def frame_periods_s(self) -> list[float]:
-        """How long each captured frame lasted in sim time, so the GIF plays at the robot's speed."""
+    def frame_period_s(self) -> float:
+        """The camera's period in sim time (median gap of the frames' stamps), so the GIF plays at the
+        robot's speed; the median, because the first frame may be the one from just before the reset."""
         with self._lock:
-            gaps = np.diff(self.frame_stamps).tolist()
-        return [gap if gap > 0 else 0.1 for gap in gaps] + [float(np.median(gaps)) if gaps else 0.1]
+            gaps = np.diff(self.frame_stamps)
+        gaps = gaps[gaps > 0]
+        return float(np.median(gaps)) if gaps.size else 0.1
 
     def snapshot_status(self) -> dict:
         with self._lock:
@@ -258,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         })
         report['stack_ok'] = bool(results) and rate > 5.0 and monitor.proposal_count > 0
         if monitor.frames:
-            write_gif(out / 'demo_episode1.gif', monitor.frames, monitor.frame_periods_s(), upscale=3)
+            write_gif(out / 'demo_episode1.gif', monitor.frames, monitor.frame_period_s(), upscale=3)
             report['gif'] = str(out / 'demo_episode1.gif')
         code = 0 if report['stack_ok'] else 1
     except (RuntimeError, TimeoutError) as err:
