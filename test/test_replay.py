@@ -457,12 +457,12 @@ def test_a_folder_of_bags_passes_with_the_shipped_policy_and_fails_when_inferenc
         assert report['fell_behind_s'] < 0.1 * report['sim_duration_s']
     assert result.stdout.strip().splitlines()[-1].startswith('[replay] PASS: pooled horizon MAE')
 
-    # The same policy behind 0.5 s of inference cannot keep 10 Hz: held most of the bag, so it FAILS.
+    # The same policy behind 0.5 s of inference cannot keep 10 Hz: held much of the bag, so it FAILS.
     slow = _run_replay(str(episode_bag), '--checkpoint', str(TRAINED_REACH_AROUND), '--out', str(tmp_path / 'slow'),
                        '--no-guard', '--set', 'policy_node.torch_threads:=1', '--set',
                        'policy_node.inference_delay_s:=0.5', timeout=240)
     assert slow.returncode == 1, slow.stdout[-4000:] + slow.stderr[-4000:]
     report = json.loads((tmp_path / 'slow' / 'report.json').read_text())
     kept_up = next(c for c in report['verdict']['checks'] if c['check'] == 'kept_up')
-    assert not kept_up['ok'] and kept_up['value'] > 0.5, kept_up
+    assert not kept_up['ok'] and kept_up['value'] > 0.3, kept_up  # a third of the bag or more, limit 0.1
     assert 'verdict         FAIL' in slow.stdout and 'fell behind' in slow.stdout
