@@ -135,3 +135,13 @@ def test_a_suite_pools_the_horizon_comparison_and_needs_every_bag_to_keep_up():
     slow = report(lambda t, due: path(due), fell_behind_s=2.0)
     suite = suite_verdict([good, slow], ReplayThresholds())
     assert suite['result'] == 'FAIL' and len(suite['failed']) == 1 and 'fell behind' in suite['failed'][0]
+
+
+def test_a_policy_that_published_nothing_has_no_score_and_fails():
+    empty = TrajectorySeries(JOINTS, np.zeros(0), np.zeros((0, 2)), np.zeros(0), np.zeros(0, int), [], [])
+    scores = horizon_scores(reference(), empty)
+    assert scores['policy'] is None and scores['by_offset_mae'] == [] and scores['ticks'] == 0
+    report = {'horizon': scores, 'sim_duration_s': 4.0, 'fell_behind_s': 4.0, 'output_rate_hz': None,
+              'max_output_gap_s': None}
+    result = verdict(report, ReplayThresholds(), 10.0)
+    assert result['result'] == 'FAIL' and all(not c['ok'] for c in result['checks'])

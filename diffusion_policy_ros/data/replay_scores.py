@@ -101,7 +101,7 @@ def horizon_scores(reference: BagReference, policy: TrajectorySeries, horizon_s:
     states = reference.joint_states
     columns = [states.names.index(n) for n in names]
     if len(policy) == 0 or len(path_t) < 2 or len(states) == 0:
-        return {'horizon_s': horizon_s, 'ticks': len(policy), 'policy': None, 'baselines': {}, 'by_offset': []}
+        return {'horizon_s': horizon_s, 'ticks': len(policy), 'policy': None, 'baselines': {}, 'by_offset_mae': []}
     tick_of, due, points, offset = [], [], [], []
     for i, (chunk, chunk_due) in enumerate(zip(policy.chunks, policy.chunk_due)):
         keep = chunk_due <= policy.stamps[i] + horizon_s + 1e-9
