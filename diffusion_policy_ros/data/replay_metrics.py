@@ -281,7 +281,7 @@ def _per_joint(names: Sequence[str], values: np.ndarray) -> dict[str, float]:
     return {n: float(v) for n, v in zip(names, values)}
 
 
-def _float(values: dict[str, str], key: str) -> float:
+def diagnostic_number(values: dict[str, str], key: str) -> float:
     try:
         return float(values.get(key, 'nan'))
     except ValueError:
@@ -345,7 +345,8 @@ def hold_summary(samples: Sequence[DiagnosticSample], baseline: DiagnosticSample
     def seconds(sample: DiagnosticSample | None) -> dict[str, float]:
         if sample is None:
             return {}
-        return {k.split(' ', 1)[1]: _float(sample.values, k) for k in sample.values if k.startswith('hold_s ')}
+        return {k.split(' ', 1)[1]: diagnostic_number(sample.values, k)
+                for k in sample.values if k.startswith('hold_s ')}
 
     last, before = seconds(samples[-1] if samples else None), seconds(baseline)
     by_code = {code: max(0.0, s - before.get(code, 0.0)) for code, s in last.items()}
@@ -367,9 +368,9 @@ def latency_summary(samples: Sequence[DiagnosticSample]) -> dict[str, Any]:
     first_use: list[float] = []
     previous: float | None = None
     for sample in samples:
-        used = _float(sample.values, 'chunks_used')
+        used = diagnostic_number(sample.values, 'chunks_used')
         if (previous is not None and used == previous + 1 and sample.values.get('state') == 'RUNNING'):
-            first_use.append(_float(sample.values, 'chunk_age_s'))
+            first_use.append(diagnostic_number(sample.values, 'chunk_age_s'))
         previous = used if math.isfinite(used) else previous
     last = samples[-1].values if samples else {}
     return {
@@ -378,9 +379,9 @@ def latency_summary(samples: Sequence[DiagnosticSample]) -> dict[str, Any]:
             'definition': 'sim time from the stamp of the observation a chunk was computed from to the first '
                           'control tick that published from it (policy_node diagnostics chunk_age_s where '
                           'chunks_used rose by one)'},
-        'inference_ms': {'p50': _float(last, 'inference_latency_p50_ms'),
-                         'p99': _float(last, 'inference_latency_p99_ms'),
-                         'count': int(_float(last, 'inference_count')) if 'inference_count' in last else 0,
+        'inference_ms': {'p50': diagnostic_number(last, 'inference_latency_p50_ms'),
+                         'p99': diagnostic_number(last, 'inference_latency_p99_ms'),
+                         'count': int(diagnostic_number(last, 'inference_count')) if 'inference_count' in last else 0,
                          'definition': "wall-clock time of one policy inference (the node's worker)"},
     }
 
@@ -393,8 +394,9 @@ def guard_summary(samples: Sequence[DiagnosticSample], baseline: DiagnosticSampl
     before = baseline.values if baseline is not None else {}
     out: dict[str, Any] = {}
     for counter in GUARD_COUNTERS:
-        value = _float(last, counter)
-        out[counter] = None if math.isnan(value) else int(value - (_float(before, counter) if counter in before else 0))
+        value = diagnostic_number(last, counter)
+        earlier = diagnostic_number(before, counter) if counter in before else 0
+        out[counter] = None if math.isnan(value) else int(value - earlier)
     out['diagnostic_samples'] = len(samples)
     out['last_action'] = last.get('last_action', '')
     return out
@@ -451,12 +453,13 @@ def write_plots(reference: BagReference, recorded: RecordedOutputs, report: dict
                 label='policy first action (lines: each tick\'s whole chunk)')
         ax.set_ylabel(name, fontsize=8)
     axes[0, 0].legend(fontsize=7, loc='upper right', ncol=4)
-    horizon = (report.get('horizon') or {})
-    policy_mae = ((horizon.get('policy') or {}).get('horizon') or {}).get('mae')
+    from .replay_scores import best_baseline_mae, format_or_na, horizon_mae  # (it imports this module)
+    horizon = report.get('horizon') or {}
+    policy_mae = horizon_mae(horizon)
     if policy_mae is not None:
-        bases = [b['horizon']['mae'] for b in horizon['baselines'].values() if b['horizon']['mae'] is not None]
-        axes[0, 0].set_title(f"horizon MAE {policy_mae:.4f} rad (best baseline {min(bases):.4f}) over "
-                             f"{horizon['ticks']} ticks: {report.get('verdict', {}).get('result', '')}", fontsize=9)
+        axes[0, 0].set_title(f"horizon MAE {policy_mae:.4f} rad (best baseline "
+                             f"{format_or_na(best_baseline_mae(horizon))}) over {horizon['ticks']} ticks: "
+                             f"{report.get('verdict', {}).get('result', '')}", fontsize=9)
     axes[-1, 0].set_xlabel('time due (s, from bag start)')
     fig.tight_layout()
     joints_png = out_dir / 'joints.png'

@@ -26,12 +26,14 @@ Definitions (times are the bag's clock):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from .replay_metrics import BagReference, DiagnosticSample, JointSeries, RecordedOutputs, TrajectorySeries
+from .replay_metrics import (BagReference, DiagnosticSample, JointSeries, RecordedOutputs, TrajectorySeries,
+                             diagnostic_number)
 
 BASELINES = ('hold_measured', 'repeat_last_command', 'start_pose')
 # HOLD codes (as the policy node's `hold_s CODE` diagnostics name them) that mean the stack did not keep
@@ -122,11 +124,12 @@ def horizon_scores(reference: BagReference, policy: TrajectorySeries, horizon_s:
         'repeat_last_command': reference.commands.values[by_stamp][last_command],
         'start_pose': np.repeat(_state_at(states, columns, policy.stamps[:1]), len(due), axis=0),
     }
-    scored = {name: {'horizon': _summary(pred - target, names),
-                     'first': _summary((pred - target)[offset == 0], names),
-                     'end': _summary((pred - target)[_last_of_each_tick(tick_of)], names)}
-              for name, pred in predictions.items()}
-    error = np.abs(points - target).mean(axis=1)
+    last = _last_of_each_tick(tick_of)
+    errors = {name: pred - target for name, pred in predictions.items()}
+    scored = {name: {'horizon': _summary(error, names), 'first': _summary(error[offset == 0], names),
+                     'end': _summary(error[last], names)}
+              for name, error in errors.items()}
+    error = np.abs(errors['policy']).mean(axis=1)
     by_offset = [float(np.nanmean(error[offset == k])) for k in range(int(offset.max()) + 1)
                  if np.isfinite(error[offset == k]).any()]
     return {'horizon_s': horizon_s, 'ticks': len(policy), 'policy': scored.pop('policy'), 'baselines': scored,
@@ -150,21 +153,14 @@ def fell_behind(samples: list[DiagnosticSample]) -> tuple[float, float | None]:
     if not samples:
         return 0.0, None
 
-    def behind(sample: DiagnosticSample) -> float:
-        return sum(_number(sample.values.get(f'hold_s {code}')) for code in FELL_BEHIND_CODES)
+    def behind(sample: DiagnosticSample) -> float:  # a counter missing or unreadable counts 0
+        seconds = (diagnostic_number(sample.values, f'hold_s {code}') for code in FELL_BEHIND_CODES)
+        return sum(s for s in seconds if math.isfinite(s))
 
-    first = next((s for s in samples if _number(s.values.get('chunks_used')) >= 1), None)
+    first = next((s for s in samples if diagnostic_number(s.values, 'chunks_used') >= 1), None)
     if first is None:
         return behind(samples[-1]), None
     return max(0.0, behind(samples[-1]) - behind(first)), first.stamp
-
-
-def _number(text: str | None) -> float:
-    try:
-        value = float(text) if text is not None else 0.0
-    except ValueError:
-        return 0.0
-    return value if np.isfinite(value) else 0.0
 
 
 def max_gap(stamps: np.ndarray, start: float, end: float) -> float | None:
@@ -173,6 +169,24 @@ def max_gap(stamps: np.ndarray, start: float, end: float) -> float | None:
         return None
     times = np.concatenate([[start], np.sort(stamps), [end]])
     return float(np.diff(times).max())
+
+
+def _scored(horizon: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """The horizon summary (mae, rmse, points, ...) of 'policy' or a baseline in a `horizon_scores`
+    result; empty when it was not scored."""
+    horizon = horizon or {}
+    scored = horizon.get('policy') if name == 'policy' else horizon.get('baselines', {}).get(name)
+    return (scored or {}).get('horizon') or {}
+
+
+def horizon_mae(horizon: dict[str, Any] | None, name: str = 'policy') -> float | None:
+    """The horizon MAE of 'policy' or of a baseline (None when not scored)."""
+    return _scored(horizon, name).get('mae')
+
+
+def best_baseline_mae(horizon: dict[str, Any] | None) -> float | None:
+    maes = [mae for name in BASELINES if (mae := horizon_mae(horizon, name)) is not None]
+    return min(maes) if maes else None
 
 
 def add_scores(report: dict[str, Any], reference: BagReference, recorded: RecordedOutputs,
@@ -200,9 +214,9 @@ def verdict(report: dict[str, Any], thresholds: ReplayThresholds, control_rate_h
                                f"({'<=' if at_most else '>='} {limit:g})"})
 
     horizon = report['horizon']
-    policy_mae = (horizon.get('policy') or {}).get('horizon', {}).get('mae')
+    policy_mae = horizon_mae(horizon)
     for name in BASELINES:
-        base = horizon.get('baselines', {}).get(name, {}).get('horizon', {}).get('mae')
+        base = horizon_mae(horizon, name)
         ratio = policy_mae / base if policy_mae is not None and base else None
         check(f'beats_{name}', ratio, thresholds.max_ratio_to_baseline, True,
               f'horizon MAE / {name.replace("_", " ")} baseline')
@@ -234,9 +248,8 @@ def suite_verdict(reports: list[dict[str, Any]], thresholds: ReplayThresholds) -
     for name in ('policy', *BASELINES):
         total = points = 0.0
         for report in reports:
-            horizon = report.get('horizon') or {}
-            scored = (horizon.get('policy') if name == 'policy' else horizon.get('baselines', {}).get(name)) or {}
-            mae, n = scored.get('horizon', {}).get('mae'), scored.get('horizon', {}).get('points', 0)
+            scored = _scored(report.get('horizon'), name)
+            mae, n = scored.get('mae'), scored.get('points', 0)
             if mae is not None and n:
                 total, points = total + mae * n, points + n
         pooled[name] = total / points if points else None
@@ -257,11 +270,11 @@ def suite_verdict(reports: list[dict[str, Any]], thresholds: ReplayThresholds) -
 def verdict_lines(report: dict[str, Any]) -> list[str]:
     """The horizon scores beside their baselines, and the verdict with every failed check."""
     horizon = report.get('horizon') or {}
-    policy = (horizon.get('policy') or {}).get('horizon', {}).get('mae')
+    policy = horizon_mae(horizon)
     if policy is None:
         lines = ['horizon score   n/a (no policy output could be compared with the demonstration)']
     else:
-        bases = ', '.join(f"{name.replace('_', ' ')} {_fmt(horizon['baselines'][name]['horizon']['mae'])}"
+        bases = ', '.join(f"{name.replace('_', ' ')} {format_or_na(horizon_mae(horizon, name))}"
                           for name in BASELINES if name in horizon.get('baselines', {}))
         lines = [f"horizon score   MAE {policy:.4f} rad over every point due within {horizon['horizon_s']:g} s "
                  f"of its tick (baselines on the same points: {bases}; lower is better)"]
@@ -276,8 +289,9 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     header = f"{'bag':<32} {'verdict':<7} {'horizon MAE':>11} {'best baseline':>13} {'held behind':>11}"
     lines = [header, '-' * len(header)]
     for row in rows:
-        lines.append(f"{row['bag'][-32:]:<32} {row['verdict']:<7} {_fmt(row.get('horizon_mae')):>11} "
-                     f"{_fmt(row.get('best_baseline_mae')):>13} {_fmt(row.get('fell_behind_share'), '.0%'):>11}")
+        lines.append(f"{row['bag'][-32:]:<32} {row['verdict']:<7} {format_or_na(row.get('horizon_mae')):>11} "
+                     f"{format_or_na(row.get('best_baseline_mae')):>13} "
+                     f"{format_or_na(row.get('fell_behind_share'), '.0%'):>11}")
     return '\n'.join(lines)
 
 
@@ -285,13 +299,11 @@ def summary_row(bag: str, report: dict[str, Any] | None, error: str | None = Non
     """The table row of one bag's report (or of a bag that could not be replayed: `error`)."""
     if report is None:
         return {'bag': bag, 'verdict': 'ERROR', 'error': error}
-    horizon = report.get('horizon') or {}
-    bases = [b['horizon']['mae'] for b in horizon.get('baselines', {}).values() if b['horizon']['mae'] is not None]
     return {'bag': bag, 'verdict': report['verdict']['result'], 'failed': report['verdict']['failed'],
-            'horizon_mae': (horizon.get('policy') or {}).get('horizon', {}).get('mae'),
-            'best_baseline_mae': min(bases) if bases else None,
+            'horizon_mae': horizon_mae(report.get('horizon')),
+            'best_baseline_mae': best_baseline_mae(report.get('horizon')),
             'fell_behind_share': report['fell_behind_s'] / max(report['sim_duration_s'], 1e-9)}
 
 
-def _fmt(value: float | None, spec: str = '.4f') -> str:
+def format_or_na(value: float | None, spec: str = '.4f') -> str:
     return 'n/a' if value is None else format(value, spec)

@@ -43,8 +43,8 @@ from diffusion_policy_ros.data.bags import TYPESTORE, BagError, BagWriter, find_
 from diffusion_policy_ros.data.replay_metrics import (DIAGNOSTICS_TYPE, GUARD_STATUS_SUFFIX, BagReference,
                                                       DiagnosticSample, ReplayInputError, ReplayTopics, check_bag,
                                                       compute_report, load_recorded, write_plots, write_report)
-from diffusion_policy_ros.data.replay_scores import (ReplayThresholds, add_scores, suite_verdict, summary_row,
-                                                     summary_table, verdict_lines)
+from diffusion_policy_ros.data.replay_scores import (ReplayThresholds, add_scores, format_or_na, suite_verdict,
+                                                     summary_row, summary_table, verdict_lines)
 
 GUARDED_POLICY_TOPIC = '/policy/joint_trajectory'  # what the guard reads (config/sim.yaml, config/robot.yaml)
 DEFAULT_COMMAND_TOPIC = '/arm_controller/joint_trajectory'
@@ -545,29 +545,26 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     """The report in a few lines for the terminal."""
     errors, hold, latency = report['action_error'], report['hold'], report['latency']
 
-    def num(value: Any, fmt: str) -> str:
-        return 'n/a' if value is None else format(value, fmt)
-
     lines = [
         f"ticks compared  {errors['compared_ticks']} of {errors['policy_ticks']} policy outputs; first action MAE "
-        f"{num(errors['mae'], '.4f')} rad (commanding the measured position: "
-        f"{num(errors['zero_action']['mae'], '.4f')})",
-        f"output rate     {num(report['output_rate_hz'], '.2f')} Hz (sim time; expected "
+        f"{format_or_na(errors['mae'], '.4f')} rad (commanding the measured position: "
+        f"{format_or_na(errors['zero_action']['mae'], '.4f')})",
+        f"output rate     {format_or_na(report['output_rate_hz'], '.2f')} Hz (sim time; expected "
         f"{report['replay']['expected_output_rate_hz']:g})",
         f"HOLD            {hold['seconds']:.1f} s {hold['seconds_by_code'] or ''}",
-        f"latency obs->publish p50 {num(_ms(latency['obs_to_publish_s']['p50']), '.0f')} ms, "
-        f"p99 {num(_ms(latency['obs_to_publish_s']['p99']), '.0f')} ms (sim); inference p50 "
-        f"{num(latency['inference_ms']['p50'], '.1f')} ms",
+        f"latency obs->publish p50 {format_or_na(_ms(latency['obs_to_publish_s']['p50']), '.0f')} ms, "
+        f"p99 {format_or_na(_ms(latency['obs_to_publish_s']['p99']), '.0f')} ms (sim); inference p50 "
+        f"{format_or_na(latency['inference_ms']['p50'], '.1f')} ms",
         f"replay          {report['replay']['sim_s']:.2f} s of bag in {report['replay']['wall_s']:.2f} s "
-        f"(rate {num(report['replay']['achieved_rate'], '.2f')})",
+        f"(rate {format_or_na(report['replay']['achieved_rate'], '.2f')})",
     ]
     if 'guard' in report:
         lines.append(f"guard           {report['guard']['blocked_chunks']} blocked chunks of "
                      f"{report['guard']['chunks_reviewed']} reviewed; longest gap between its outputs "
-                     f"{num(report['guard'].get('max_gap_s'), '.2f')} s")
+                     f"{format_or_na(report['guard'].get('max_gap_s'), '.2f')} s")
     lines.append(f"kept up         held {report['fell_behind_s']:.1f} s of {report['sim_duration_s']:.1f} s because "
                  f"the stack fell behind (NO_CHUNK/STALE/INFERENCE_ERROR); longest gap between policy outputs "
-                 f"{num(report['max_output_gap_s'], '.2f')} s")
+                 f"{format_or_na(report['max_output_gap_s'], '.2f')} s")
     return lines + verdict_lines(report)
 
 
@@ -672,12 +669,9 @@ def run(args: argparse.Namespace) -> int:
     print('\n' + summary_table(rows), flush=True)
     pooled = suite['pooled_horizon_mae']
     best = min((v for k, v in pooled.items() if k != 'policy' and v is not None), default=None)
-    print(f"[replay] {suite['result']}: pooled horizon MAE {_num(pooled['policy'])} rad against the best baseline's "
-          f"{_num(best)} over {len(rows)} bags ({suite['bags_passing_alone']} pass alone)"
+    print(f"[replay] {suite['result']}: pooled horizon MAE {format_or_na(pooled['policy'])} rad against the best "
+          f"baseline's {format_or_na(best)} over {len(rows)} bags ({suite['bags_passing_alone']} pass alone)"
           + ('; ' + '; '.join(suite['failed']) if suite['failed'] else '') + f"; wrote {root / 'summary.json'}",
           flush=True)
     return 0 if suite['result'] == 'PASS' else EXIT_FAILED
 
-
-def _num(value: float | None) -> str:
-    return 'n/a' if value is None else f'{value:.4f}'

@@ -29,12 +29,12 @@ import numpy as np
 
 from ..paths import share_dir
 from .arm import SimArm, SimConfig
-from .evaluate import (DEFAULT_EVAL_SEED, EpisodeOutcome, evaluate, json_safe, mean_squared_jerk, path_length,
+from .evaluate import (DEFAULT_EVAL_SEED, EpisodeOutcome, evaluate, mean_squared_jerk, path_length,
                        wilson_interval)
 from .hybrid import ARM, ClassicalController, CycleCosts, GuardFilter
 from .model import TASKS
 from .rollout import rollout
-from ..jsonio import write_json
+from ..jsonio import json_safe, write_json
 from ..errors import UserError
 
 ARMS = ('policy', 'hybrid', 'classical')

@@ -21,10 +21,10 @@ from typing import Any, Sequence
 
 from ..control.chunks import BLENDING_MODES
 from .arm import SimArm, SimConfig
-from .evaluate import (DEFAULT_EVAL_SEED, EvalReport, json_safe, default_sim_config, evaluate, load_policy,
+from .evaluate import (DEFAULT_EVAL_SEED, EvalReport, default_sim_config, evaluate, load_policy,
                        policy_config)
 from .model import TASKS
-from ..jsonio import write_json
+from ..jsonio import json_safe, write_json
 from ..errors import UserError
 
 DDIM_STEPS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100)
