@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 
 from diffusion_policy_ros import __version__
-from diffusion_policy_ros.errors import StopRequested, UserError
+from diffusion_policy_ros.errors import UserError, stop_on_signals
 
 # name -> (module, one-line help). Keep in the order a user meets them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -87,17 +87,6 @@ def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
-def _stop_on_signals() -> dict[int, object]:
-    """SIGTERM (systemd, `kill`) stops a command as Ctrl-C does; a second signal of either kind is
-    ignored so the first stop can finish (nodes deactivate, bag writers close). Returns the handlers
-    it replaced."""
-    def interrupt(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise StopRequested(signal.Signals(signum).name)
-    return {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-
 def _empty_tree(path: Path) -> bool:
     return path.is_dir() and all(p.is_dir() for p in path.rglob('*'))
 
@@ -120,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     out = getattr(args, 'out', None)
     out = Path(out) if isinstance(out, (str, Path)) else None
     out_existed = out is not None and out.exists()
-    previous_handlers = _stop_on_signals()
+    previous_handlers = stop_on_signals()  # SIGTERM stops a command as Ctrl-C does
     code = 1
     try:
         code = int(module.run(args) or 0)

@@ -1,10 +1,15 @@
-"""Errors a user can fix: the command line prints their message as one line, without a traceback.
+"""Errors a user can fix (the command line prints their message as one line, without a traceback),
+and the stop request SIGINT/SIGTERM raise in every executable.
 
 The message must name what is wrong and, where there is one, the fix. Library code raises subclasses
 that are also the builtin type callers already catch (`class CheckpointError(UserError, ValueError)`),
 so code that handles a ValueError keeps working.
 """
 from __future__ import annotations
+
+import signal
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # a terminal's Ctrl-C; systemd, supervisors and `kill`
 
 
 class UserError(Exception):
@@ -18,3 +23,20 @@ class StopRequested(KeyboardInterrupt):
     unwinds through C-level `PyRun_*` code, which some extension modules call, as unhandled, and then
     ends the process by SIGINT (exit -2) even after the command caught it and returned 0.
     """
+
+
+def ignore_stop_signals() -> None:
+    """Once stopping, a second SIGINT/SIGTERM must not cut the clean-up short (nodes deactivating,
+    bag writers closing): a terminal's Ctrl-C reaches every process of the group, and a parent that
+    stops its children sends its own."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def stop_on_signals() -> dict[int, object]:
+    """Make SIGINT and SIGTERM raise StopRequested in the main thread, once (further ones are ignored
+    while it stops). Returns the handlers it replaced."""
+    def interrupt(signum: int, frame: object) -> None:
+        ignore_stop_signals()
+        raise StopRequested(signal.Signals(signum).name)
+    return {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}

@@ -24,7 +24,7 @@ import rclpy
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 
-from diffusion_policy_ros.errors import StopRequested
+from diffusion_policy_ros.errors import ignore_stop_signals, stop_on_signals
 from diffusion_policy_ros.nodes.dds import apply_dds_profile, clean_stale_shared_memory
 from diffusion_policy_ros.nodes.params import load_params_file
 from diffusion_policy_ros.paths import share_dir
@@ -222,12 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_dds_profile()  # for bring-up's own participant and, inherited, for every node it starts
     bringup = BringUp(launches)
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise StopRequested(signal.Signals(signum).name)
-
-    # SIGINT from a terminal or a supervisor, SIGTERM from systemd or `kill`: both stop every node.
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+    stop_on_signals()  # SIGINT from a terminal or a supervisor, SIGTERM from systemd or `kill`: both stop all
     code = 0
     try:
         bringup.start()
@@ -237,13 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f'[bringup] {reason}; stopping the others', flush=True)
         code = 1
     except KeyboardInterrupt as stop:
-        print(f'[bringup] {stop or "SIGINT"}: stopping every node', flush=True)
+        print(f'[bringup] {str(stop) or "SIGINT"}: stopping every node', flush=True)
     except (RuntimeError, TimeoutError) as err:
         print(f'[bringup] {err}', file=sys.stderr, flush=True)
         code = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_stop_signals()
         bringup.stop()
         if rclpy.ok():
             rclpy.shutdown()

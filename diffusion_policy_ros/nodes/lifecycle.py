@@ -2,11 +2,11 @@
 everything, and the `main` that runs one as its own process."""
 from __future__ import annotations
 
-import signal
-
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+
+from diffusion_policy_ros.errors import ignore_stop_signals
 
 
 class ReleasingLifecycleNode(LifecycleNode):
@@ -37,14 +37,12 @@ class ReleasingLifecycleNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
 
-def ignore_stop_signals() -> None:
-    """Once a node is stopping, a second SIGINT/SIGTERM must not cut its clean-up short: a terminal's
-    Ctrl-C reaches every process of the group, and then `bringup` (or the demo) sends its own.
-    rclpy's own handlers (and their signal thread) are taken down first, through rclpy, so that
-    nothing of rclpy's is left pointing at a handler replaced under it."""
+def stop_taking_signals() -> None:
+    """A stopping node ignores further SIGINT/SIGTERM (errors.ignore_stop_signals). rclpy's own
+    handlers (and their signal thread) are taken down first, through rclpy, so that nothing of rclpy's
+    is left pointing at a handler replaced under it."""
     rclpy.signals.uninstall_signal_handlers()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    ignore_stop_signals()
 
 
 def spin_lifecycle_node(node: LifecycleNode, autostart: bool) -> int:
@@ -68,7 +66,7 @@ def spin_lifecycle_node(node: LifecycleNode, autostart: bool) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        ignore_stop_signals()
+        stop_taking_signals()
         node._release()
         node.destroy_node()
         rclpy.try_shutdown()

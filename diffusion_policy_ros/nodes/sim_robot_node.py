@@ -41,7 +41,7 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
-from diffusion_policy_ros.nodes.lifecycle import ignore_stop_signals
+from diffusion_policy_ros.nodes.lifecycle import stop_taking_signals
 from diffusion_policy_ros.nodes.messages import (MessageError, make_image, make_joint_state, seconds_to_stamp,
                                                  trajectory_to_sample)
 from diffusion_policy_ros.nodes.params import declare_parameters
@@ -562,7 +562,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        ignore_stop_signals()
+        stop_taking_signals()
         node.stop()
         node.destroy_node()
         rclpy.try_shutdown()
