@@ -11,7 +11,6 @@ matplotlib and imageio are imported only when drawing.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,8 +215,9 @@ def visualize_denoising(checkpoint_or_policy: Any, out_dir: str | Path, *, task:
                         seed: int = 1000, at_time: float | None = None, ddpm_steps: int = 100,
                         ddim_steps: int = 20, joints: Sequence[int] = DEFAULT_JOINTS, device: str = 'cpu',
                         noise_seed: int = 0, camera_map: Mapping[str, str] | None = None,
-                        gif_frames: int = GIF_FRAMES) -> dict[str, str]:
-    """Write `out_dir`/denoise.png, denoise.gif and denoise.json (the final chunks); returns their paths."""
+                        gif_frames: int = GIF_FRAMES) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write `out_dir`/denoise.png, denoise.gif and denoise.json (the final chunks); returns their paths
+    and what denoise.json holds."""
     from ..sim.evaluate import load_policy
 
     policy, label = load_policy(checkpoint_or_policy, device)
@@ -240,7 +240,7 @@ def visualize_denoising(checkpoint_or_policy: Any, out_dir: str | Path, *, task:
                # How far apart the two samplers land from the same noise (rad, max over the chunk).
                'ddpm_vs_ddim_max_abs_diff': float(np.max(np.abs(traces[0].chain[-1] - traces[1].chain[-1])))}
     write_json(files['json'], summary)
-    return files
+    return files, summary
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -261,10 +261,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    files = visualize_denoising(args.checkpoint, args.out, task=args.task, seed=args.seed, at_time=args.at_time,
-                                ddpm_steps=args.ddpm_steps, ddim_steps=args.ddim_steps, joints=args.joints,
-                                device=args.device, noise_seed=args.noise_seed, gif_frames=args.gif_frames)
-    final = json.loads(Path(files['json']).read_text())['ddpm_vs_ddim_max_abs_diff']
+    files, summary = visualize_denoising(args.checkpoint, args.out, task=args.task, seed=args.seed,
+                                         at_time=args.at_time, ddpm_steps=args.ddpm_steps, ddim_steps=args.ddim_steps,
+                                         joints=args.joints, device=args.device, noise_seed=args.noise_seed,
+                                         gif_frames=args.gif_frames)
     print(f'[viz-denoise] DDPM {args.ddpm_steps} and DDIM {args.ddim_steps} steps from the same noise end '
-          f'{final:.3f} rad apart (max over the chunk); wrote {", ".join(files.values())}')
+          f'{summary["ddpm_vs_ddim_max_abs_diff"]:.3f} rad apart (max over the chunk); '
+          f'wrote {", ".join(files.values())}')
     return 0
