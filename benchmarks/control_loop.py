@@ -81,6 +81,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict:
                  '-p', 'output_topic:=/bench/joint_trajectory', '-p', f'camera_topics:=[{CAMERA_TOPIC}]']
     if args.steps:
         node_args += ['-p', f'num_inference_steps:={args.steps}']
+    if args.realtime_priority is not None:
+        node_args += ['-p', f'realtime_priority:={args.realtime_priority}']
     log = open(f'{args.node_log}.{name}', 'w') if args.node_log else subprocess.DEVNULL
     procs = [subprocess.Popen(node_args, env=env, stdout=log, stderr=subprocess.STDOUT),
              subprocess.Popen([sys.executable, __file__, '--camera-driver', f'{width}x{height}'], env=env)]
@@ -177,6 +179,9 @@ def main() -> None:
     parser.add_argument('--checkpoint', default=str(ROOT / 'models' / 'pick_place'))
     parser.add_argument('--steps', type=int, default=0, help="DDIM steps (0: the checkpoint's)")
     parser.add_argument('--threads', type=int, default=1, help="torch threads of the node")
+    parser.add_argument('--realtime-priority', type=int, default=None,
+                        help="the node's realtime_priority (SCHED_FIFO of its executor thread; 0: normal "
+                             "scheduling); default: the node's default")
     parser.add_argument('--node-log', default=None, help="write each scenario's node output to NODE_LOG.<scenario>")
     parser.add_argument('--camera-driver', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,6 +192,7 @@ def main() -> None:
     import rclpy
     rclpy.init()
     result = {'benchmark': 'control_loop', 'seconds_per_scenario': args.seconds, 'checkpoint': args.checkpoint,
+              'realtime_priority': 'node default' if args.realtime_priority is None else args.realtime_priority,
               'target': 'policy_node jitter p99 <= 2 ms and no gap > 1.5 periods in every scenario'}
     for name in args.scenarios:
         result[name] = run_scenario(name, args)

@@ -9,10 +9,11 @@ chunk, a newer tick).
 """
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from diffusion_policy_ros.scheduling import use_normal_scheduling
 
 Job = Callable[[], None]
 
@@ -29,7 +30,8 @@ class LatestJobThread:
     """Runs the newest job submitted (a job delivers its own result); `on_error` gets what a job raised."""
 
     def __init__(self, name: str, on_error: Callable[[BaseException], None] | None = None, nice: int = 0) -> None:
-        """`nice` > 0 runs the thread that many nice steps below the thread that starts it (Linux)."""
+        """`nice` > 0 runs the thread that many nice steps below the thread that starts it (Linux); it is
+        normally scheduled even when started from a real-time thread (`scheduling`)."""
         self._on_error = on_error
         self._nice = nice
         self.stats = JobStats()
@@ -66,12 +68,7 @@ class LatestJobThread:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        if self._nice > 0 and hasattr(os, 'setpriority'):
-            try:  # threads are tasks on Linux: this lowers this thread alone
-                tid = threading.get_native_id()
-                os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self._nice))
-            except OSError:
-                pass
+        use_normal_scheduling(self._nice)
         while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()

@@ -281,9 +281,9 @@ def test_slow_inference_keeps_rate_and_drops_late_actions(tiny_checkpoint, robot
         slow.stop()
 
 
-def test_a_full_hd_camera_at_30_hz_in_another_process_does_not_slow_the_control_rate(tiny_checkpoint, robot):
-    """Frames are copied out of DDS on the camera thread and decoded only when used, so a 1920x1080 rgb8
-    camera (6 MB frames, 180 MB/s) from another process leaves the 10 Hz tick alone."""
+def test_a_4000x3000_camera_at_30_hz_in_another_process_does_not_slow_the_control_rate(tiny_checkpoint, robot):
+    """Frames are copied out of DDS on the camera thread without the GIL and decoded only when used, so a
+    4000x3000 rgb8 camera (36 MB frames, 1 GB/s) from another process leaves the 10 Hz tick alone."""
     import os
     import subprocess
     import sys
@@ -295,20 +295,30 @@ def test_a_full_hd_camera_at_30_hz_in_another_process_does_not_slow_the_control_
             robot.node.create_subscription(DiagnosticArray, '/diagnostics', lambda m: states.extend(
                 kv.value for st in m.status if st.name.startswith('big_camera_policy_node')
                 for kv in st.values if kv.key == 'state'), 50)]
-    camera = subprocess.Popen([sys.executable, str(Path(__file__).parent / 'camera_driver.py'), topic, '1920x1080'],
+    camera = subprocess.Popen([sys.executable, str(Path(__file__).parent / 'camera_driver.py'), topic, '4000x3000'],
                               env=os.environ.copy())
     node = start_policy_node(tiny_checkpoint, camera_topics=[topic], output_topic='/big/joint_trajectory',
                              extra_args=['-r', '__node:=big_camera_policy_node'])
     try:
         wait_for(lambda: len(received) >= 20 or not node.alive(), 90, 'the node to publish')
         assert node.alive(), node.output
-        wait_for(lambda: 'RUNNING' in states, 30, 'the policy to run on the full-HD frames')
+        wait_for(lambda: 'RUNNING' in states, 30, 'the policy to run on the 4000x3000 frames')
         start = len(received)
         time.sleep(8.0)
         stamps = received[start:]
         rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-        assert rate >= 9.5, f'{rate:.2f} Hz with a 1920x1080 camera at 30 Hz'
-        assert max(np.diff(stamps)) < 0.3, f'a gap of {max(np.diff(stamps)):.2f} s'
+        assert rate >= 9.5, f'{rate:.2f} Hz with a 4000x3000 camera at 30 Hz'
+        # 1.5 periods: a frame copied while holding the GIL stalled the tick 0.17 s here
+        assert max(np.diff(stamps)) < 0.15, f'a gap of {max(np.diff(stamps)):.3f} s between two commands'
+        # The executor thread runs real time (the default realtime_priority) where the machine allows it;
+        # every other thread (inference, camera copies, torch, DDS) is normally scheduled.
+        pid, log = node.proc.pid, ''.join(node.lines)
+        threads = map(int, os.listdir(f'/proc/{pid}/task'))
+        realtime = [tid for tid in threads if os.sched_getscheduler(tid) != os.SCHED_OTHER]
+        if 'runs SCHED_FIFO priority 20' in log:
+            assert realtime == [pid], log
+        else:
+            assert realtime == [] and 'SCHED_FIFO 20 refused' in log, log
     finally:
         camera.kill()
         camera.wait()

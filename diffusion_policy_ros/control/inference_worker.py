@@ -19,6 +19,7 @@ from diffusion_policy_ros.control.chunks import ActionChunk
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.observation import ObservationWindow
 from diffusion_policy_ros.control.stats import RollingPercentiles
+from diffusion_policy_ros.scheduling import use_normal_scheduling
 
 PolicyFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 WindowFn = Callable[[], 'ObservationWindow | HoldReason | None']
@@ -125,6 +126,7 @@ class InferenceWorker:
 
     # --- worker thread ---
     def _run(self) -> None:
+        use_normal_scheduling()  # the node's executor thread that starts this one may be real-time
         while not self._stop.is_set():
             if not self._wake.wait(self._idle_poll_s):
                 continue

@@ -52,7 +52,8 @@ from diffusion_policy_ros.collision.scene_overlay import MarkerScene
 from diffusion_policy_ros.control.health import HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
 from diffusion_policy_ros.control.measurement import MeasurementRules, check_joint_state
-from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
+from diffusion_policy_ros.nodes.lifecycle import (DEFAULT_REALTIME_PRIORITY, REALTIME_PRIORITY_HELP,
+                                               ReleasingLifecycleNode, check_realtime_priority, spin_lifecycle_node)
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import (MessageError, seconds_to_duration,
                                                  stamp_to_seconds, trajectory_to_sample)
@@ -92,6 +93,7 @@ class GuardNodeParams:
         'help': 's a joint state stamp may lie ahead of the node clock; one further ahead is rejected'})
     diagnostics_rate_hz: float = 1.0
     autostart: bool = field(default=True, metadata={'help': 'configure and activate on start-up'})
+    realtime_priority: int = field(default=DEFAULT_REALTIME_PRIORITY, metadata={'help': REALTIME_PRIORITY_HELP})
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -108,6 +110,7 @@ class GuardNodeParams:
             raise ValueError(f'parameter diagnostics_rate_hz must be > 0, got {self.diagnostics_rate_hz}')
         if not self.max_joint_state_age_s >= 0:
             raise ValueError(f'parameter max_joint_state_age_s must be >= 0, got {self.max_joint_state_age_s}')
+        check_realtime_priority(self.realtime_priority)
         self.rules  # noqa: B018 - validates the tolerances
 
     @property
@@ -635,7 +638,7 @@ def main(args: list[str] | None = None) -> int:
         print(f'{NODE_NAME}: {err}', file=sys.stderr)
         rclpy.try_shutdown()
         return 2
-    return spin_lifecycle_node(node, node.node_params.autostart)
+    return spin_lifecycle_node(node, node.node_params.autostart, node.node_params.realtime_priority)
 
 
 if __name__ == '__main__':

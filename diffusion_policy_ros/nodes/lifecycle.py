@@ -7,6 +7,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from diffusion_policy_ros.errors import ignore_stop_signals
+from diffusion_policy_ros.scheduling import MAX_REALTIME_PRIORITY, use_realtime_priority
 
 
 class ReleasingLifecycleNode(LifecycleNode):
@@ -45,10 +46,27 @@ def stop_taking_signals() -> None:
     ignore_stop_signals()
 
 
-def spin_lifecycle_node(node: LifecycleNode, autostart: bool) -> int:
+# Below ros2_control's controller manager (SCHED_FIFO 50 by default), which must preempt the nodes that
+# feed it; like it, the nodes try real time by default and carry on normally (with a warning) if refused.
+DEFAULT_REALTIME_PRIORITY = 20
+REALTIME_PRIORITY_HELP = (
+    f'SCHED_FIFO priority (1-{MAX_REALTIME_PRIORITY}) of the executor thread, which runs the control tick and '
+    'the checks; 0 = normal scheduling. Keeps it on time when sensors and inference fill the CPU '
+    '(diffusion_policy_ros.scheduling); needs root, CAP_SYS_NICE or an rtprio limit, else a warning')
+
+
+def check_realtime_priority(priority: int) -> None:
+    if not 0 <= priority <= MAX_REALTIME_PRIORITY:
+        raise ValueError(f'parameter realtime_priority must be 0 (normal scheduling) or 1-{MAX_REALTIME_PRIORITY}, '
+                         f'got {priority}')
+
+
+def spin_lifecycle_node(node: LifecycleNode, autostart: bool, realtime_priority: int = 0) -> int:
     """Spin `node` until Ctrl-C. With `autostart` it configures and activates itself (so the
     executable alone runs); if configure fails it stays up, unconfigured, waiting for transitions from
-    a launch file or `bringup`. The node's `_release()` frees its resources on the way out."""
+    a launch file or `bringup`. The node's `_release()` frees its resources on the way out.
+    `realtime_priority` > 0: the executor thread runs SCHED_FIFO from then on (`scheduling`); the
+    worker threads started during configure/activate, or later, schedule themselves normally."""
     # One executor thread, every callback short, slow work on the nodes' own worker threads: rclpy's
     # MultiThreadedExecutor re-polls in a busy loop while a callback group is occupied, burning a core
     # while idle and taking the GIL from the inference thread (measured: DDIM-10 went from 37 to 145
@@ -62,6 +80,12 @@ def spin_lifecycle_node(node: LifecycleNode, autostart: bool) -> int:
                 node.get_logger().error('autostart: configure failed; waiting for lifecycle transitions')
             else:
                 node.trigger_activate()
+        if 0 < realtime_priority <= MAX_REALTIME_PRIORITY:  # out of range: configure refuses it by name
+            refused = use_realtime_priority(realtime_priority)
+            if refused:
+                node.get_logger().warning(f'realtime_priority {realtime_priority}: {refused}; normal scheduling')
+            else:
+                node.get_logger().info(f'executor thread runs SCHED_FIFO priority {realtime_priority}')
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -34,7 +34,8 @@ from diffusion_policy_ros.control.limits import JointLimits
 from diffusion_policy_ros.control.measurement import MeasurementRules
 from diffusion_policy_ros.data.image_codec import (CdrImage, ImageDecodeError, cdr_header_stamp, check_image_fields,
                                                    image_from_cdr, message_to_rgb8, prepare_model_image)
-from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
+from diffusion_policy_ros.nodes.lifecycle import (DEFAULT_REALTIME_PRIORITY, REALTIME_PRIORITY_HELP,
+                                               ReleasingLifecycleNode, check_realtime_priority, spin_lifecycle_node)
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
 from diffusion_policy_ros.core.config import ExecutionConfig
@@ -102,6 +103,7 @@ class PolicyNodeParams:
                 'simulator, 1 avoids oversubscription (10x slower steps measured on 2 busy cores)'})
     seed: int = field(default=0, metadata={
         'help': '> 0: the sampling noise comes from a generator seeded with it (reproducible runs); 0: random'})
+    realtime_priority: int = field(default=DEFAULT_REALTIME_PRIORITY, metadata={'help': REALTIME_PRIORITY_HELP})
 
 
 PARAMS = PolicyNodeParams  # what bring-up and the params-file test read
@@ -173,6 +175,7 @@ class PolicyNode(ReleasingLifecycleNode):
                              f'{sorted(f.name for f in fields(PolicyNodeParams))}')
         if p.control_rate_hz is not None and not p.control_rate_hz > 0:
             raise ValueError(f'control_rate_hz must be > 0, got {p.control_rate_hz}')
+        check_realtime_priority(p.realtime_priority)
         self.device = pick_device(p.device)
         if p.torch_threads > 0:
             import torch
@@ -436,7 +439,7 @@ def main(args: list[str] | None = None) -> int:
     apply_dds_profile()
     rclpy.init(args=args)
     node = PolicyNode()
-    return spin_lifecycle_node(node, node.params.autostart)
+    return spin_lifecycle_node(node, node.params.autostart, node.params.realtime_priority)
 
 
 if __name__ == '__main__':
