@@ -431,6 +431,8 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         'command_gaps_over_2_periods': len(gaps), 'gaps': gaps[:20],
         'episodes': len(episodes), 'successes': successes,
         'faults': per_fault,
+        'fault_records': [{'fault': r.name, 'at_s': round(r.start - started, 1), 'duration_s': round(r.end - r.start, 2),
+                           'hold_after_s': r.hold_after_s, 'recover_after_s': r.recover_after_s} for r in records],
         'rss_mb_start': {k: round(v, 1) for k, v in rss_start.items()},
         'rss_mb_end': {k: round(v, 1) for k, v in rss_end.items()},
         'rss_growth_mb': {k: round(rss_end[k] - rss_start[k], 1) for k in rss_end if k in rss_start},

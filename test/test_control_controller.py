@@ -96,8 +96,8 @@ def test_hold_until_data_and_chunk_then_run_within_limits():
             previous = rig.position.copy()
         assert running >= 20
         assert rig.position == pytest.approx([0.8, 0.8], abs=0.2)
-        diag = rig.controller.diagnostics(rig.now)
-        assert diag['state'] == 'RUNNING' and float(diag['inference_latency_p50_ms']) > 0
+        status = rig.controller.status(rig.now)
+        assert status.state == 'RUNNING' and status.inference_latency_p50_ms > 0
     finally:
         assert rig.controller.shutdown()
 

@@ -100,7 +100,7 @@ def test_a_bad_joint_state_holds_at_the_last_trusted_position_from_the_first_tic
     held = controller.tick(now[0])
     assert held.state is HealthState.HOLD and held.points.shape == (1, 2)
     np.testing.assert_allclose(held.points[0], good)  # never the bad value, never the old chunk
-    assert controller.rejected and controller.diagnostics(now[0])[f'rejected {held.reason.code.name}'] == '1'
+    assert controller.rejected and controller.status(now[0]).rejected[held.reason.code.name] == 1
     # the fault clears with the next good message: running again within one inference plus one period
     assert run(controller, now, 2, good)[-1].state is HealthState.RUNNING
 

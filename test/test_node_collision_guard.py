@@ -422,7 +422,7 @@ def test_joint_state_taken_late_is_judged_by_when_it_arrived(robot):
         time.sleep(0.8)  # the guard's executor does not run meanwhile
         held = propose_and_spin()
         assert len(held.points) == 1, 'a chunk checked against a 0.8 s old state must not pass'
-        assert 'old by its arrival' in node.diagnostics()['last_reason']
+        assert 'old by its arrival' in node.diagnostics().last_reason
     finally:
         node._release()
         executor.shutdown()

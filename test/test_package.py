@@ -21,10 +21,14 @@ def test_package_xml_declares_runtime_and_test_dependencies():
 
 
 def test_core_modules_import_no_rclpy():
-    """DESIGN rule: core/, control/, data/, collision/, sim/, training/ never import rclpy."""
+    """DESIGN rule: core/, control/, data/, collision/, sim/, training/ never import rclpy, nor do the
+    shared modules they use (diagnostics, scheduling, worker threads)."""
     offenders = []
-    for area in ('core', 'control', 'data', 'collision', 'sim', 'training'):
-        for path in (ROOT / 'diffusion_policy_ros' / area).rglob('*.py'):
+    package = ROOT / 'diffusion_policy_ros'
+    shared = [package / f'{name}.py' for name in ('diagnostics', 'scheduling', 'worker_thread', 'errors', 'jsonio')]
+    for paths in [*((package / area).rglob('*.py') for area in ('core', 'control', 'data', 'collision', 'sim',
+                                                                  'training')), shared]:
+        for path in paths:
             tree = ast.parse(path.read_text())
             for node in ast.walk(tree):
                 names = []

@@ -21,6 +21,7 @@ from diffusion_policy_ros.control.inference_worker import InferenceWorker, Polic
 from diffusion_policy_ros.control.limits import JointLimits, clamp_trajectory
 from diffusion_policy_ros.control.measurement import MeasurementRules, check_joint_state, check_stamp
 from diffusion_policy_ros.control.observation import JOINT_STATE_STREAM, ImageDecoder, ObservationHistory
+from diffusion_policy_ros.diagnostics import PolicyStatus
 
 
 
@@ -238,28 +239,19 @@ class PolicyController:
         latency = self.worker.latency
         return latency.percentile(90) if len(latency) else self.cfg.control_period
 
-    def diagnostics(self, now: float) -> dict[str, str]:
-        """Key/values for a diagnostic_msgs/DiagnosticStatus."""
+    def status(self, now: float) -> PolicyStatus:
+        """The control part of the node's /diagnostics (the node adds its own fields)."""
         latency = self.worker.latency.summary()
         stats = self.executor.stats
-        values = {
-            'state': self.health.state.value,
-            'reason': str(self.health.reason) if self.health.reason else '',
-            'inference_latency_p50_ms': f'{latency["p50"] * 1e3:.2f}',
-            'inference_latency_p99_ms': f'{latency["p99"] * 1e3:.2f}',
-            'inference_count': str(self.worker.stats.chunks_produced),
-            'inference_errors': str(self.worker.stats.errors),
-            'chunk_age_s': f'{stats.chunk_age:.3f}',
-            'dropped_actions': str(stats.dropped_actions),
-            'chunks_used': str(stats.chunks_used),
-            'chunks_skipped': str(stats.chunks_skipped),
-            'max_boundary_step': f'{stats.max_boundary_step:.4f}',
-        }
-        for stream, stamp in self.history.latest_stamps().items():
-            values[f'obs_age_s {stream}'] = 'never' if stamp is None else f'{now - stamp:.3f}'
-        for code, seconds in self.health.hold_seconds.items():
-            values[f'hold_s {code.name}'] = f'{seconds:.1f}'
         with self._faults_lock:
-            for code, count in self.rejected.items():
-                values[f'rejected {code.name}'] = str(count)
-        return values
+            rejected = {code.name: count for code, count in self.rejected.items()}
+        return PolicyStatus(
+            state=self.health.state.value, reason=str(self.health.reason) if self.health.reason else '',
+            inference_latency_p50_ms=latency['p50'] * 1e3, inference_latency_p99_ms=latency['p99'] * 1e3,
+            inference_count=self.worker.stats.chunks_produced, inference_errors=self.worker.stats.errors,
+            chunk_age_s=stats.chunk_age, dropped_actions=stats.dropped_actions, chunks_used=stats.chunks_used,
+            chunks_skipped=stats.chunks_skipped, max_boundary_step=stats.max_boundary_step,
+            obs_age_s={stream: None if stamp is None else now - stamp
+                       for stream, stamp in self.history.latest_stamps().items()},
+            hold_s={code.name: seconds for code, seconds in self.health.hold_seconds.items()},
+            rejected=rejected)

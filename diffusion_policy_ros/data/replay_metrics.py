@@ -22,7 +22,6 @@ Definitions (all times are the bag's clock, i.e. sim time under `use_sim_time`):
 """
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .bags import BagError, bag_topics, read_messages
+from ..diagnostics import GuardStatus, PolicyStatus
 from ..errors import UserError
 from ..jsonio import write_json
 
@@ -91,6 +91,16 @@ class DiagnosticSample:
     level: int
     message: str
     values: dict[str, str]
+
+    @property
+    def policy(self) -> PolicyStatus:
+        """The values as policy_node's status (a sample of the policy node)."""
+        return PolicyStatus.from_values(self.values)
+
+    @property
+    def guard(self) -> GuardStatus:
+        """The values as collision_guard_node's status (a sample of the guard)."""
+        return GuardStatus.from_values(self.values)
 
 
 @dataclass
@@ -281,13 +291,6 @@ def _per_joint(names: Sequence[str], values: np.ndarray) -> dict[str, float]:
     return {n: float(v) for n, v in zip(names, values)}
 
 
-def diagnostic_number(values: dict[str, str], key: str) -> float:
-    try:
-        return float(values.get(key, 'nan'))
-    except ValueError:
-        return math.nan
-
-
 def action_errors(reference: BagReference, policy: TrajectorySeries) -> dict[str, Any]:
     """MAE/RMSE of the policy's first actions against the demonstrated commands, and the zero-action
     baseline's on the same ticks (see the module docstring)."""
@@ -342,23 +345,19 @@ def output_rate(series: TrajectorySeries) -> float | None:
 
 def hold_summary(samples: Sequence[DiagnosticSample], baseline: DiagnosticSample | None = None) -> dict[str, Any]:
     """HOLD seconds per reason code (the node's counters, less ``baseline``'s) and the reasons seen."""
-    def seconds(sample: DiagnosticSample | None) -> dict[str, float]:
-        if sample is None:
-            return {}
-        return {k.split(' ', 1)[1]: diagnostic_number(sample.values, k)
-                for k in sample.values if k.startswith('hold_s ')}
-
-    last, before = seconds(samples[-1] if samples else None), seconds(baseline)
+    last = samples[-1].policy.hold_s if samples else {}
+    before = baseline.policy.hold_s if baseline is not None else {}
     by_code = {code: max(0.0, s - before.get(code, 0.0)) for code, s in last.items()}
     by_code = {code: s for code, s in by_code.items() if s > 0}
     reasons: dict[str, dict[str, Any]] = {}
-    for sample in samples:
-        if sample.values.get('state') == 'HOLD':
-            text = sample.values.get('reason', '') or sample.message
+    statuses = [sample.policy for sample in samples]
+    for sample, status in zip(samples, statuses):
+        if status.state == 'HOLD':
+            text = status.reason or sample.message
             code = text.split(':', 1)[0] or 'UNKNOWN'
             entry = reasons.setdefault(code, {'samples': 0, 'example': text})
             entry['samples'] += 1
-    states = Counter(s.values.get('state', '?') for s in samples)
+    states = Counter(status.state or '?' for status in statuses)
     return {'seconds': float(sum(by_code.values())), 'seconds_by_code': by_code, 'reasons': reasons,
             'diagnostic_samples': dict(states)}
 
@@ -366,22 +365,20 @@ def hold_summary(samples: Sequence[DiagnosticSample], baseline: DiagnosticSample
 def latency_summary(samples: Sequence[DiagnosticSample]) -> dict[str, Any]:
     """Observation-to-publish latency per chunk (sim s) and inference latency (wall ms)."""
     first_use: list[float] = []
-    previous: float | None = None
-    for sample in samples:
-        used = diagnostic_number(sample.values, 'chunks_used')
-        if (previous is not None and used == previous + 1 and sample.values.get('state') == 'RUNNING'):
-            first_use.append(diagnostic_number(sample.values, 'chunk_age_s'))
-        previous = used if math.isfinite(used) else previous
-    last = samples[-1].values if samples else {}
+    previous: int | None = None
+    for status in (sample.policy for sample in samples):
+        if previous is not None and status.chunks_used == previous + 1 and status.state == 'RUNNING':
+            first_use.append(status.chunk_age_s)
+        previous = status.chunks_used
+    last = samples[-1].policy if samples else PolicyStatus()
     return {
         'obs_to_publish_s': {
             **_percentiles(first_use), 'samples': [float(v) for v in first_use],
             'definition': 'sim time from the stamp of the observation a chunk was computed from to the first '
                           'control tick that published from it (policy_node diagnostics chunk_age_s where '
                           'chunks_used rose by one)'},
-        'inference_ms': {'p50': diagnostic_number(last, 'inference_latency_p50_ms'),
-                         'p99': diagnostic_number(last, 'inference_latency_p99_ms'),
-                         'count': int(diagnostic_number(last, 'inference_count')) if 'inference_count' in last else 0,
+        'inference_ms': {'p50': last.inference_latency_p50_ms, 'p99': last.inference_latency_p99_ms,
+                         'count': last.inference_count,
                          'definition': "wall-clock time of one policy inference (the node's worker)"},
     }
 
@@ -390,15 +387,11 @@ def guard_summary(samples: Sequence[DiagnosticSample], baseline: DiagnosticSampl
     """The guard's counters over the replay (last diagnostics less ``baseline``)."""
     if not samples:
         return {counter: None for counter in GUARD_COUNTERS} | {'diagnostic_samples': 0}
-    last = samples[-1].values
-    before = baseline.values if baseline is not None else {}
-    out: dict[str, Any] = {}
-    for counter in GUARD_COUNTERS:
-        value = diagnostic_number(last, counter)
-        earlier = diagnostic_number(before, counter) if counter in before else 0
-        out[counter] = None if math.isnan(value) else int(value - earlier)
+    last = samples[-1].guard
+    before = baseline.guard if baseline is not None else GuardStatus()
+    out: dict[str, Any] = {counter: getattr(last, counter) - getattr(before, counter) for counter in GUARD_COUNTERS}
     out['diagnostic_samples'] = len(samples)
-    out['last_action'] = last.get('last_action', '')
+    out['last_action'] = last.last_action
     return out
 
 

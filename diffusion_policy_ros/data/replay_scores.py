@@ -26,14 +26,12 @@ Definitions (times are the bag's clock):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from .replay_metrics import (BagReference, DiagnosticSample, JointSeries, RecordedOutputs, TrajectorySeries,
-                             diagnostic_number)
+from .replay_metrics import BagReference, DiagnosticSample, JointSeries, RecordedOutputs, TrajectorySeries
 
 BASELINES = ('hold_measured', 'repeat_last_command', 'start_pose')
 # HOLD codes (as the policy node's `hold_s CODE` diagnostics name them) that mean the stack did not keep
@@ -153,11 +151,11 @@ def fell_behind(samples: list[DiagnosticSample]) -> tuple[float, float | None]:
     if not samples:
         return 0.0, None
 
-    def behind(sample: DiagnosticSample) -> float:  # a counter missing or unreadable counts 0
-        seconds = (diagnostic_number(sample.values, f'hold_s {code}') for code in FELL_BEHIND_CODES)
-        return sum(s for s in seconds if math.isfinite(s))
+    def behind(sample: DiagnosticSample) -> float:  # a code never held has no counter: 0
+        hold_s = sample.policy.hold_s
+        return sum(hold_s.get(code, 0.0) for code in FELL_BEHIND_CODES)
 
-    first = next((s for s in samples if diagnostic_number(s.values, 'chunks_used') >= 1), None)
+    first = next((s for s in samples if s.policy.chunks_used >= 1), None)
     if first is None:
         return behind(samples[-1]), None
     return max(0.0, behind(samples[-1]) - behind(first)), first.stamp

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -52,10 +52,11 @@ from diffusion_policy_ros.collision.scene_overlay import MarkerScene
 from diffusion_policy_ros.control.health import HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
 from diffusion_policy_ros.control.measurement import MeasurementRules, check_joint_state
+from diffusion_policy_ros.diagnostics import GuardStatus
 from diffusion_policy_ros.nodes.lifecycle import (DEFAULT_REALTIME_PRIORITY, REALTIME_PRIORITY_HELP,
                                                ReleasingLifecycleNode, check_realtime_priority, spin_lifecycle_node)
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
-from diffusion_policy_ros.nodes.messages import (MessageError, seconds_to_duration,
+from diffusion_policy_ros.nodes.messages import (MessageError, diagnostic_status, seconds_to_duration,
                                                  stamp_to_seconds, trajectory_to_sample)
 from diffusion_policy_ros.nodes.polled import JOINT_STATE_QOS, PolledSubscription
 from diffusion_policy_ros.robot_description import panda_description
@@ -560,68 +561,54 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self._output_latency: dict[str, deque[float]] = {'free': deque(maxlen=1000), 'blocked': deque(maxlen=200),
                                                          'scene': deque(maxlen=200)}
 
-    def diagnostics(self) -> dict[str, str]:
-        """The values /diagnostics carries (also handy for tests and tools)."""
+    def diagnostics(self) -> GuardStatus:
+        """What /diagnostics carries (also handy for tests and tools)."""
         counters: GuardCounters = self.guard.counters
         latency = list(counters.check_latency_s)  # copies under the GIL: the planning thread appends
         planning = list(counters.planning_time_s)
         now = time.monotonic()
         window = 5.0
+
+        def ms(values: list[float] | deque, q: float) -> float:
+            value = GuardCounters.percentile(values, q)
+            return float('nan') if value is None else 1000 * value
+
         with self._lock:
             recent = sum(1 for t in self._review_times if now - t <= window)
-            output_latency = {k: list(v) for k, v in self._output_latency.items()}
-            values = {
-                'rejected_messages': self._rejected_messages,
-                'joint_states_rejected': self._joint_states_rejected,
-                'last_joint_state_problem': self._last_joint_state_problem,
-                'markers_ignored': self._markers_ignored,
-                'last_marker_problem': self._last_marker_problem,
-                'scene_updates': self._scene_updates,
-                'last_action': self._last_action,
-                'last_reason': self._last_reason,
-            }
+            output = {kind: list(samples) for kind, samples in self._output_latency.items()}
+            status = GuardStatus(
+                rejected_messages=self._rejected_messages, joint_states_rejected=self._joint_states_rejected,
+                last_joint_state_problem=self._last_joint_state_problem, markers_ignored=self._markers_ignored,
+                last_marker_problem=self._last_marker_problem, scene_updates=self._scene_updates,
+                last_action=self._last_action, last_reason=self._last_reason)
         _, problem = self._measured()
-
-        def ms(v: float | None) -> str:
-            return 'nan' if v is None else f'{1000 * v:.3f}'
-
-        values.update({
-            'backend': self.backend.name,
-            'checks_per_second': f'{recent / window:.2f}',
-            'check_latency_p50_ms': ms(GuardCounters.percentile(latency, 50)),
-            'check_latency_p99_ms': ms(GuardCounters.percentile(latency, 99)),
-            'chunks_reviewed': counters.chunks_reviewed,
-            'chunks_passed': counters.chunks_passed,
-            'blocked_chunks': counters.chunks_blocked,
-            'fallbacks_planned': counters.fallbacks_planned,
-            'planning_failures': counters.planning_failures,
-            'plans_superseded': counters.plans_superseded,
-            'holds': counters.holds,
-            'executing_blocked': counters.executing_blocked,
-            'planning_time_p50_ms': ms(GuardCounters.percentile(planning, 50)),
-            'planning_time_p99_ms': ms(GuardCounters.percentile(planning, 99)),
-            'last_planning_time_ms': ms(planning[-1] if planning else None),
-            'fallback_active': self.guard.fallback_active,
-            'scene_objects': ','.join(o.name for o in self.scene.scene.objects()),
-            'moving_objects': ','.join(f'{name} {np.linalg.norm(v):.2f} m/s'
-                                       for name, v in self.scene.velocities().items() if np.any(v)),
-            'joint_state': problem or 'fresh',
-        })
-        for kind, samples in output_latency.items():
-            values[f'output_latency_{kind}_p50_ms'] = ms(GuardCounters.percentile(samples, 50))
-            values[f'output_latency_{kind}_p99_ms'] = ms(GuardCounters.percentile(samples, 99))
-        return {k: str(v) for k, v in values.items()}
+        return dataclasses.replace(
+            status, backend=self.backend.name, checks_per_second=recent / window,
+            check_latency_p50_ms=ms(latency, 50), check_latency_p99_ms=ms(latency, 99),
+            chunks_reviewed=counters.chunks_reviewed, chunks_passed=counters.chunks_passed,
+            blocked_chunks=counters.chunks_blocked, fallbacks_planned=counters.fallbacks_planned,
+            planning_failures=counters.planning_failures, plans_superseded=counters.plans_superseded,
+            holds=counters.holds, executing_blocked=counters.executing_blocked,
+            planning_time_p50_ms=ms(planning, 50), planning_time_p99_ms=ms(planning, 99),
+            last_planning_time_ms=1000 * planning[-1] if planning else float('nan'),
+            fallback_active=bool(self.guard.fallback_active),
+            scene_objects=','.join(o.name for o in self.scene.scene.objects()),
+            moving_objects=','.join(f'{name} {np.linalg.norm(v):.2f} m/s'
+                                    for name, v in self.scene.velocities().items() if np.any(v)),
+            joint_state=problem or 'fresh',
+            output_latency_free_p50_ms=ms(output['free'], 50), output_latency_free_p99_ms=ms(output['free'], 99),
+            output_latency_blocked_p50_ms=ms(output['blocked'], 50),
+            output_latency_blocked_p99_ms=ms(output['blocked'], 99),
+            output_latency_scene_p50_ms=ms(output['scene'], 50), output_latency_scene_p99_ms=ms(output['scene'], 99))
 
     def _publish_diagnostics(self) -> None:
         if self.guard is None:
             return
-        values = self.diagnostics()
-        status = DiagnosticStatus(name=f'{self.get_name()}: collision guard', hardware_id=values['backend'])
-        healthy = values['last_action'] in ('pass', 'none') and values['joint_state'] == 'fresh'
-        status.level = DiagnosticStatus.OK if healthy else DiagnosticStatus.WARN
-        status.message = f'{values["last_action"].upper()}: {values["last_reason"]}'
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
+        status = self.diagnostics()
+        msg = DiagnosticArray(status=[diagnostic_status(
+            f'{self.get_name()}: collision guard', status.backend, status,
+            DiagnosticStatus.OK if status.healthy else DiagnosticStatus.WARN,
+            f'{status.last_action.upper()}: {status.last_reason}')])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(msg)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusion_policy_ros.diagnostics import GuardStatus, PolicyStatus
 from diffusion_policy_ros.nodes.bringup import NODE_LOG
 
 DEFAULT_CONFIG = 'config/sim.yaml'
@@ -238,24 +239,23 @@ def run(args: argparse.Namespace) -> int:
             results.append(result)
             print(f'[demo] episode {result.episode}/{args.episodes} (seed {seed}): '
                   f'{"success" if result.success else "failure"} after {result.sim_seconds:.1f} s sim time', flush=True)
-        policy_diag = monitor.diagnostics_of('policy_node')
-        guard_diag = monitor.diagnostics_of('collision_guard_node')
+        policy = PolicyStatus.from_values(monitor.diagnostics_of('policy_node'))
+        guard = GuardStatus.from_values(monitor.diagnostics_of('collision_guard_node'))
         rate = monitor.command_rate_hz()
         successes = sum(r.success for r in results)
-        holds = {k.split(' ', 1)[-1]: float(v) for k, v in policy_diag.items() if k.startswith('hold_s')}
         report.update({
             'task': task,
             'episodes': [r.__dict__ for r in results],
             'success_rate': successes / max(1, len(results)),
             'successes': successes,
-            'inference_latency_p50_ms': float(policy_diag.get('inference_latency_p50_ms', 'nan')),
-            'inference_latency_p99_ms': float(policy_diag.get('inference_latency_p99_ms', 'nan')),
+            'inference_latency_p50_ms': policy.inference_latency_p50_ms,
+            'inference_latency_p99_ms': policy.inference_latency_p99_ms,
             'publish_rate_hz': rate,
             'policy_proposals': monitor.proposal_count,
-            'hold_seconds': holds,
-            'blocked_chunks': int(float(guard_diag.get('blocked_chunks', 0) or 0)),
-            'fallbacks_planned': int(float(guard_diag.get('fallbacks_planned', 0) or 0)),
-            'guard_backend': guard_diag.get('backend', ''),
+            'hold_seconds': policy.hold_s,
+            'blocked_chunks': guard.blocked_chunks,
+            'fallbacks_planned': guard.fallbacks_planned,
+            'guard_backend': guard.backend,
             'wall_seconds': time.monotonic() - started,
         })
         report['stack_ok'] = bool(results) and rate > 5.0 and monitor.proposal_count > 0

@@ -10,10 +10,12 @@ from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from diffusion_policy_ros.data.image_codec import encode_rgb8
+from diffusion_policy_ros.diagnostics import NodeStatus
 
 
 class MessageError(ValueError):
@@ -130,3 +132,10 @@ def make_image(rgb: np.ndarray, stamp: Time, frame_id: str = 'camera') -> Image:
     msg.step = fields['step']
     msg.data = fields['data']
     return msg
+
+
+def diagnostic_status(name: str, hardware_id: str, status: NodeStatus, level: bytes, message: str) -> DiagnosticStatus:
+    """A node's typed status as a DiagnosticStatus (`diagnostics` encodes the key/values); `level` is
+    one of DiagnosticStatus.OK / WARN / ERROR / STALE."""
+    return DiagnosticStatus(name=name, hardware_id=hardware_id, level=level, message=message,
+                            values=[KeyValue(key=k, value=v) for k, v in status.to_values().items()])

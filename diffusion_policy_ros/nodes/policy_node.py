@@ -13,6 +13,7 @@ uses and runs DDIM. The tick never waits for a frame copy, image decoding or inf
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import SetBool, Trigger
@@ -37,7 +38,7 @@ from diffusion_policy_ros.data.image_codec import (CdrImage, ImageDecodeError, c
 from diffusion_policy_ros.nodes.lifecycle import (DEFAULT_REALTIME_PRIORITY, REALTIME_PRIORITY_HELP,
                                                ReleasingLifecycleNode, check_realtime_priority, spin_lifecycle_node)
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
-from diffusion_policy_ros.nodes.messages import make_joint_trajectory, stamp_to_seconds
+from diffusion_policy_ros.nodes.messages import diagnostic_status, make_joint_trajectory, stamp_to_seconds
 from diffusion_policy_ros.core.config import ExecutionConfig
 from diffusion_policy_ros.core.runtime import make_predictor
 from diffusion_policy_ros.nodes.params import declare_parameters, unknown_given_parameters
@@ -415,19 +416,17 @@ class PolicyNode(ReleasingLifecycleNode):
     def _publish_diagnostics(self) -> None:
         if self.controller is None:
             return
-        values = self.controller.diagnostics(self._now())
         periods = np.diff(self._publish_times)
-        values.update({'device': self.device, 'published': str(self._published),
-                       'num_inference_steps': str(self.execution.num_inference_steps),
-                       'n_action_steps': str(self.execution.n_action_steps),
-                       'control_rate_hz': f'{1 / self.execution.control_period_s:g}',
-                       'publish_period_mean_s': f'{periods.mean():.4f}' if periods.size else 'nan'})
+        status = dataclasses.replace(
+            self.controller.status(self._now()), device=self.device, published=self._published,
+            num_inference_steps=self.execution.num_inference_steps, n_action_steps=self.execution.n_action_steps,
+            control_rate_hz=1 / self.execution.control_period_s,
+            publish_period_mean_s=float(periods.mean()) if periods.size else float('nan'))
         reason = self.controller.health.reason
-        status = DiagnosticStatus(name=f'{self.get_name()}: policy', hardware_id=self.device)
-        status.level = DiagnosticStatus.OK if reason is None else DiagnosticStatus.WARN
-        status.message = 'RUNNING' if reason is None else f'HOLD: {reason}'
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
+        msg = DiagnosticArray(status=[diagnostic_status(
+            f'{self.get_name()}: policy', self.device, status,
+            DiagnosticStatus.OK if reason is None else DiagnosticStatus.WARN,
+            'RUNNING' if reason is None else f'HOLD: {reason}')])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(msg)
 
