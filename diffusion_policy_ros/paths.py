@@ -16,3 +16,12 @@ def share_dir() -> Path:
         return Path(get_package_share_directory(PACKAGE))
     except Exception:  # noqa: BLE001 - ament index missing: fall back to the source layout
         return PACKAGE_ROOT
+
+
+def package_path(path: str | Path) -> Path:
+    """`path` as given when it is absolute or exists from here, else relative to the package's data
+    (`models/pick_place` works from any working directory)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    return share_dir() / p

@@ -331,7 +331,7 @@ def test_mismatched_camera_count_fails_configure_with_a_clear_message(tiny_check
     proc = start_policy_node(tiny_checkpoint, camera_topics=['/a', '/b'])
     try:
         wait_for(lambda: 'camera_topics' in proc.output, 60, 'configure error')
-        assert 'expects 1 cameras' in proc.output
+        assert 'expects 1 camera(s)' in proc.output
         assert proc.alive()  # waits for lifecycle transitions instead of crashing
     finally:
         proc.stop()

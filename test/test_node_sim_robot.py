@@ -32,9 +32,9 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
-from diffusion_policy_ros.nodes.messages import MessageError, stamp_to_seconds
-from diffusion_policy_ros.nodes.sim_robot_node import (SimRobotParams, parse_command, scene_markers,
-                                                       to_json_value)
+from diffusion_policy_ros.jsonio import json_safe
+from diffusion_policy_ros.nodes.messages import MessageError, parse_command, scene_markers, stamp_to_seconds
+from diffusion_policy_ros.nodes.sim_robot_node import SimRobotParams
 from diffusion_policy_ros.robot_description import PANDA_JOINTS
 from diffusion_policy_ros.sim.arm import SceneObject
 
@@ -66,7 +66,7 @@ def test_scene_markers_follow_solid_primitive_sizes_and_clear_the_old_scene():
 
 
 def test_status_values_become_strict_json():
-    value = to_json_value({'d': np.float64(np.inf), 'v': np.array([1.5, np.nan]), 'b': np.bool_(True),
+    value = json_safe({'d': np.float64(np.inf), 'v': np.array([1.5, np.nan]), 'b': np.bool_(True),
                            'i': np.int64(4)})
     assert json.loads(json.dumps(value, allow_nan=False)) == {'d': None, 'v': [1.5, None], 'b': True, 'i': 4}
 

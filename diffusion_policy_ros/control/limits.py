@@ -96,6 +96,20 @@ class JointLimits:
         idx = [index[n] for n in names]
         return JointLimits(tuple(names), self.lower[idx], self.upper[idx], self.max_velocity[idx])
 
+    @classmethod
+    def for_robot(cls, joint_names: Sequence[str], lower: Sequence[float] = (), upper: Sequence[float] = (),
+                  max_velocity: Sequence[float] = (), robot_description: str = '') -> JointLimits:
+        """Limits given explicitly, else from a URDF `robot_description`, else the bundled Panda's."""
+        if len(lower) or len(upper) or len(max_velocity):
+            return cls.from_params({'joint_names': list(joint_names), 'lower': list(lower), 'upper': list(upper),
+                                    'max_velocity': list(max_velocity)})
+        if robot_description:
+            return cls.from_urdf(robot_description, joint_names)
+        from diffusion_policy_ros.robot_description import PANDA_JOINTS, panda_description
+        if set(joint_names) <= set(PANDA_JOINTS):
+            return cls.from_urdf(panda_description().urdf_text(), joint_names)
+        raise ValueError('no joint limits: set position_lower/position_upper/max_velocity or robot_description')
+
     def scaled(self, velocity_scale: float) -> JointLimits:
         """The same limits with velocities scaled, for a safety margin below the robot's maximum."""
         if not 0 < velocity_scale <= 1:

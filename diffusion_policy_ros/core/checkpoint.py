@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,18 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
             raise CheckpointError(f'{file}: missing file (a checkpoint is a directory with {CONFIG_FILE} and '
                                   f'{WEIGHTS_FILE}, or a run folder with {RUN_LATEST}/)')
     return config_path, weights_path
+
+
+def fit_camera_topics(camera_topics: Sequence[str], camera_keys: Sequence[str], checkpoint: Any) -> tuple[list[str], str]:
+    """The camera topics that feed a checkpoint's cameras (in order), and a note when some are dropped:
+    a camera-less checkpoint ignores the topics; any other count mismatch is a ValueError."""
+    topics = [t for t in camera_topics if t]  # [''] (old params files' "none") is empty
+    if topics and not camera_keys:
+        return [], f'checkpoint {checkpoint} observes no camera: camera_topics {topics} unused'
+    if len(topics) != len(camera_keys):
+        raise ValueError(f'camera_topics {topics} has {len(topics)} topic(s) but the checkpoint {checkpoint} '
+                         f'expects {len(camera_keys)} camera(s) {list(camera_keys)}')
+    return topics, ''
 
 
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -278,6 +278,22 @@ class PolicyConfig(_DictMixin):
         ExecutionSettings(**{f.name: base[f.name] for f in dataclasses.fields(ExecutionSettings)})  # checks
         return ExecutionConfig(**base)
 
+    def deployed_execution(self, control_rate_hz: float | None = None, allow_rate_mismatch: bool = False,
+                           where: str = 'the checkpoint', **overrides: Any) -> ExecutionConfig:
+        """How a node runs this policy: `execution_config` with the rate and overrides that are set.
+
+        A rate other than the one the policy was trained at would run every action at the wrong time, so
+        it is refused (naming both rates) unless `allow_rate_mismatch`."""
+        if control_rate_hz is not None and not control_rate_hz > 0:
+            raise ValueError(f'control_rate_hz must be > 0, got {control_rate_hz}')
+        trained = self.execution.control_period_s
+        period = trained if control_rate_hz is None else 1.0 / control_rate_hz
+        if abs(period - trained) > 1e-9 and not allow_rate_mismatch:
+            raise ValueError(f'control_rate_hz {control_rate_hz:g} Hz differs from the {1 / trained:g} Hz {where} '
+                             'was trained at: every action would run at the wrong time. Leave control_rate_hz '
+                             'unset, or set allow_rate_mismatch to run it anyway')
+        return self.execution_config(control_period_s=period, **overrides)
+
     @classmethod
     def tiny(cls, **overrides: Any) -> PolicyConfig:
         """A small model that builds in milliseconds and trains on CPU (tests, demos)."""

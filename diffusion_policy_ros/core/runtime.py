@@ -10,6 +10,18 @@ from typing import Any
 ACCELERATIONS = ('none', 'torch_compile', 'cuda_graphs', 'onnxruntime')
 
 
+def pick_device(requested: str) -> str:
+    """'auto' -> cuda when there is one, else cpu; an explicit cuda without CUDA is an error."""
+    import torch
+    if requested == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if requested not in ('cpu', 'cuda') and not requested.startswith('cuda:'):
+        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+    if requested.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'device {requested!r} requested but CUDA is not available')
+    return requested
+
+
 def make_predictor(policy: Any, how: str, device: str = 'cpu', num_inference_steps: int | None = None,
                    threads: int = 1) -> Any:
     """`policy` itself (eager, or its denoiser compiled) or an ONNX Runtime sampler of it.

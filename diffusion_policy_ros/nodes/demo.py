@@ -184,8 +184,8 @@ def run(args: argparse.Namespace) -> int:
     from diffusion_policy_ros.nodes.bringup import BringUp, NodeLog, plan_bringup, resolve_config
     if args.checkpoint:  # a typo fails here, in one line, not after the nodes came up
         from diffusion_policy_ros.core.checkpoint import read_checkpoint_config
-        from diffusion_policy_ros.nodes.policy_node import resolve_checkpoint
-        read_checkpoint_config(resolve_checkpoint(args.checkpoint))
+        from diffusion_policy_ros.paths import package_path
+        read_checkpoint_config(package_path(args.checkpoint))
     config = resolve_config(args.config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

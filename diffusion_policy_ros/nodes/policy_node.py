@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 import rclpy
@@ -33,6 +32,7 @@ from diffusion_policy_ros.control.controller import ControllerConfig, PolicyCont
 from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
 from diffusion_policy_ros.control.measurement import MeasurementRules
+from diffusion_policy_ros.control.observation import example_observation
 from diffusion_policy_ros.data.image_codec import (CdrImage, ImageDecodeError, cdr_header_stamp, check_image_fields,
                                                    image_from_cdr, message_to_rgb8, prepare_model_image)
 from diffusion_policy_ros.nodes.lifecycle import (DEFAULT_REALTIME_PRIORITY, REALTIME_PRIORITY_HELP,
@@ -40,11 +40,10 @@ from diffusion_policy_ros.nodes.lifecycle import (DEFAULT_REALTIME_PRIORITY, REA
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import diagnostic_status, make_joint_trajectory, stamp_to_seconds
 from diffusion_policy_ros.core.config import ExecutionConfig
-from diffusion_policy_ros.core.runtime import make_predictor
+from diffusion_policy_ros.core.runtime import make_predictor, pick_device
 from diffusion_policy_ros.nodes.params import declare_parameters, unknown_given_parameters
 from diffusion_policy_ros.nodes.polled import CAMERA_QOS, JOINT_STATE_QOS, PolledSubscription
-from diffusion_policy_ros.paths import share_dir
-from diffusion_policy_ros.robot_description import PANDA_JOINTS, panda_description
+from diffusion_policy_ros.paths import package_path
 from diffusion_policy_ros.worker_thread import LatestJobThread
 
 
@@ -110,36 +109,6 @@ class PolicyNodeParams:
 PARAMS = PolicyNodeParams  # what bring-up and the params-file test read
 
 
-def resolve_checkpoint(path: str) -> Path:
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    return share_dir() / p
-
-
-def pick_device(requested: str) -> str:
-    import torch
-    if requested == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if requested not in ('cpu', 'cuda') and not requested.startswith('cuda:'):
-        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
-    if requested.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f'device {requested!r} requested but CUDA is not available')
-    return requested
-
-
-def joint_limits_for(params: PolicyNodeParams, joint_names: list[str]) -> JointLimits:
-    """Limits from the params file, else from a URDF robot_description, else the bundled Panda's."""
-    if params.position_lower or params.position_upper or params.max_velocity:
-        return JointLimits.from_params({'joint_names': joint_names, 'lower': params.position_lower,
-                                        'upper': params.position_upper, 'max_velocity': params.max_velocity})
-    if params.robot_description:
-        return JointLimits.from_urdf(params.robot_description, joint_names)
-    if set(joint_names) <= set(PANDA_JOINTS):
-        return JointLimits.from_urdf(panda_description().urdf_text(), joint_names)
-    raise ValueError('no joint limits: set position_lower/position_upper/max_velocity or robot_description')
-
-
 class PolicyNode(ReleasingLifecycleNode):
     """ROS plumbing around `PolicyController`: subscriptions feed its history, a timer ticks it."""
 
@@ -168,30 +137,24 @@ class PolicyNode(ReleasingLifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def _configure(self) -> None:
-        from diffusion_policy_ros.core.checkpoint import load_checkpoint
+        from diffusion_policy_ros.core.checkpoint import fit_camera_topics, load_checkpoint
         p = self.params
         unknown = unknown_given_parameters(self, PolicyNodeParams)
         if unknown:
             raise ValueError(f'unknown parameter(s) {unknown}; policy_node knows '
                              f'{sorted(f.name for f in fields(PolicyNodeParams))}')
-        if p.control_rate_hz is not None and not p.control_rate_hz > 0:
-            raise ValueError(f'control_rate_hz must be > 0, got {p.control_rate_hz}')
         check_realtime_priority(p.realtime_priority)
         self.device = pick_device(p.device)
         if p.torch_threads > 0:
             import torch
             torch.set_num_threads(p.torch_threads)
-        path = resolve_checkpoint(p.checkpoint)
+        path = package_path(p.checkpoint)
         self._policy = load_checkpoint(path, device=self.device)
         cfg, obs_spec = self._policy.cfg, self._policy.obs_spec
         joints = list(self._policy.action_spec.joint_names)
-        camera_topics = [t for t in p.camera_topics if t]  # [''] (old params files' "none") is empty
-        if camera_topics and not obs_spec.camera_keys:
-            self.get_logger().info(f'checkpoint {path} observes no camera: camera_topics {camera_topics} unused')
-            camera_topics = []
-        if len(camera_topics) != len(obs_spec.camera_keys):
-            raise ValueError(f'camera_topics has {len(camera_topics)} topics {camera_topics} but the '
-                             f'checkpoint {path} expects {len(obs_spec.camera_keys)} cameras {obs_spec.camera_keys}')
+        camera_topics, note = fit_camera_topics(p.camera_topics, obs_spec.camera_keys, path)
+        if note:
+            self.get_logger().info(note)
         if p.joint_names and sorted(p.joint_names) != sorted(joints):
             unknown = [n for n in p.joint_names if n not in joints]
             missing = [n for n in joints if n not in p.joint_names]
@@ -200,10 +163,16 @@ class PolicyNode(ReleasingLifecycleNode):
         if obs_spec.joint_names and list(obs_spec.joint_names) != joints:
             raise ValueError(f'checkpoint {path} observes joints {obs_spec.joint_names} but commands '
                              f'{joints}: the node needs them to be the same joints')
-        limits = joint_limits_for(p, joints)
+        limits = JointLimits.for_robot(joints, p.position_lower, p.position_upper, p.max_velocity,
+                                       p.robot_description)
         if p.velocity_scale != 1.0:
             limits = limits.scaled(p.velocity_scale)
-        self.execution = execution = self._execution(cfg, path)
+        self.execution = execution = cfg.deployed_execution(
+            p.control_rate_hz, p.allow_rate_mismatch, f'checkpoint {path}', num_inference_steps=p.num_inference_steps,
+            n_action_steps=p.n_action_steps, blending=p.blending, crossfade_steps=p.crossfade_steps,
+            ensemble_decay=p.ensemble_decay, replan=p.replan)
+        for name, (theirs, ours) in execution.changed_from(cfg.execution_config()).items():
+            self.get_logger().warning(f'{name} {ours} overrides the checkpoint\'s {theirs}')
         import torch
         # On CUDA inference runs on its own stream, so it does not queue behind other work.
         self._stream = torch.cuda.Stream() if self.device.startswith('cuda') else None
@@ -235,26 +204,11 @@ class PolicyNode(ReleasingLifecycleNode):
             f'{execution.num_inference_steps} network evaluations and {execution.n_action_steps} actions per '
             f'chunk, blending {execution.blending}')
 
-    def _execution(self, cfg, path: Path) -> ExecutionConfig:
-        """The checkpoint's execution settings, with the parameters that are set as overrides."""
-        p = self.params
-        checkpoint = cfg.execution_config()
-        rate = checkpoint.control_period_s if p.control_rate_hz is None else 1.0 / p.control_rate_hz
-        if abs(rate - checkpoint.control_period_s) > 1e-9 and not p.allow_rate_mismatch:
-            raise ValueError(f'control_rate_hz {p.control_rate_hz:g} Hz differs from the {1 / checkpoint.control_period_s:g}'
-                             f' Hz checkpoint {path} was trained at: every action would run at the wrong time. '
-                             'Leave control_rate_hz unset, or set allow_rate_mismatch to run it anyway')
-        execution = cfg.execution_config(
-            control_period_s=rate, num_inference_steps=p.num_inference_steps, n_action_steps=p.n_action_steps,
-            blending=p.blending, crossfade_steps=p.crossfade_steps, ensemble_decay=p.ensemble_decay,
-            replan=p.replan)
-        for name, (theirs, ours) in execution.changed_from(checkpoint).items():
-            self.get_logger().warning(f'{name} {ours} overrides the checkpoint\'s {theirs}')
-        return execution
-
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            warmup = self.controller.start(self._example_observation())
+            warmup = self.controller.start(example_observation(
+                self.controller.history.camera_keys, self.image_shape, self.controller.cfg.n_obs_steps,
+                self.controller.limits))
         except Exception as err:  # noqa: BLE001
             self.get_logger().error(f'activate failed: warm-up inference raised {err!r}')
             return TransitionCallbackReturn.FAILURE
@@ -346,15 +300,6 @@ class PolicyNode(ReleasingLifecycleNode):
         import torch
         with torch.cuda.stream(self._stream):  # the numpy result is copied back, which synchronises
             return self._predictor.predict_action_chunk(obs, num_inference_steps=steps, generator=self._generator)
-
-    def _example_observation(self) -> dict[str, np.ndarray]:
-        h, w = self.image_shape
-        n_obs = self.controller.cfg.n_obs_steps
-        obs = {key: np.zeros((n_obs, h, w, 3), np.uint8) for key in self.controller.history.camera_keys}
-        limits = self.controller.limits
-        middle = np.where(np.isfinite(limits.lower + limits.upper), (limits.lower + limits.upper) / 2, 0.0)
-        obs['state'] = np.tile(middle[None], (n_obs, 1)).astype(np.float32)
-        return obs
 
     # ------------------------------------------------------------------ the control tick
     def _tick(self) -> None:

@@ -176,8 +176,10 @@ def _set(launch: Any, **values: Any) -> None:
 def plan_replay(cfg: ReplayConfig) -> ReplayPlan:
     """Resolve params files, checkpoint and topics; raise `ReplayInputError` (or `CheckpointError`,
     `FileNotFoundError`) naming what does not fit. Starts nothing."""
-    from diffusion_policy_ros.core.checkpoint import read_checkpoint_config
-    from diffusion_policy_ros.nodes.policy_node import PolicyNodeParams, resolve_checkpoint
+    from diffusion_policy_ros.core.checkpoint import fit_camera_topics, read_checkpoint_config
+    from diffusion_policy_ros.core.config import PolicyConfig
+    from diffusion_policy_ros.nodes.policy_node import PolicyNodeParams
+    from diffusion_policy_ros.paths import package_path
 
     policy, guard = _node_launches(cfg)
     notes: list[str] = []
@@ -185,23 +187,20 @@ def plan_replay(cfg: ReplayConfig) -> ReplayPlan:
     params = {**defaults, **effective_parameters(policy)}
     if cfg.checkpoint is not None:
         params['checkpoint'] = str(Path(cfg.checkpoint).expanduser().resolve())
-    checkpoint = resolve_checkpoint(str(params['checkpoint']))
+    checkpoint = package_path(str(params['checkpoint']))
     ckpt = read_checkpoint_config(checkpoint)
-    from diffusion_policy_ros.core.config import PolicyConfig
     checkpoint_rate = 1.0 / PolicyConfig.from_dict(ckpt['policy_config']).execution.control_period_s
     if params.get('control_rate_hz') is None:  # unset: the node runs at the checkpoint's rate
         params['control_rate_hz'] = checkpoint_rate
-    camera_keys = list(ckpt['observation_spec'].get('camera_keys', []))
     observed = list(ckpt['observation_spec'].get('joint_names', []))
     action = list(ckpt['action_spec'].get('joint_names', []))
-    camera_topics = list(params.get('camera_topics') or [])
-    if not camera_keys and camera_topics:
-        notes.append(f'checkpoint {checkpoint} observes no camera: camera_topics {camera_topics} -> []')
-        camera_topics = []
-    elif len(camera_topics) != len(camera_keys):
-        raise ReplayInputError(f'camera_topics {camera_topics} (params {cfg.params}) has {len(camera_topics)} '
-                               f'topic(s) but checkpoint {checkpoint} expects {len(camera_keys)} camera(s) '
-                               f'{camera_keys}: set policy_node.camera_topics')
+    try:
+        camera_topics, note = fit_camera_topics(list(params.get('camera_topics') or []),
+                                                ckpt['observation_spec'].get('camera_keys', []), checkpoint)
+    except ValueError as err:
+        raise ReplayInputError(f'{err} (params {cfg.params}): set policy_node.camera_topics') from None
+    if note:
+        notes.append(note)
     params['camera_topics'] = camera_topics
     policy_topic = GUARDED_POLICY_TOPIC if cfg.guard else str(params['output_topic'])
     guard_topic = None

@@ -37,7 +37,7 @@ from ..control.chunks import BLENDING_MODES, ActionChunk
 from ..control.controller import ControllerConfig, PolicyController
 from ..control.inference_worker import WorkerStats
 from ..control.limits import JointLimits
-from ..control.observation import ObservationWindow
+from ..control.observation import ObservationWindow, example_observation
 from ..control.stats import RollingPercentiles
 from ..core.config import ExecutionConfig, ExecutionSettings
 from ..data.image_codec import prepare_model_image
@@ -291,15 +291,6 @@ def default_sim_config(task: str, policy: Any, camera_map: Mapping[str, str] | N
     return SimConfig(task=task, wrist_camera='wrist' in cameras.values())
 
 
-def _example_observation(policy: Any, limits: JointLimits) -> dict[str, np.ndarray]:
-    cfg, spec = policy_config(policy), policy.obs_spec
-    h, w = spec.image_shape
-    obs = {key: np.zeros((cfg.n_obs_steps, h, w, 3), np.uint8) for key in spec.camera_keys}
-    middle = (limits.lower + limits.upper) / 2
-    obs['state'] = np.tile(middle[None], (cfg.n_obs_steps, 1)).astype(np.float32)
-    return obs
-
-
 def _rounded_latency(seconds: float, period: float) -> float:
     periods = max(1, math.ceil(seconds / period - 1e-6))
     return periods * period
@@ -473,7 +464,8 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
 
     if latency_s is None:
         warm = policy_fn_for(torch.Generator().manual_seed(0))
-        example = _example_observation(policy, limits)
+        example = example_observation(policy.obs_spec.camera_keys, policy.obs_spec.image_shape,
+                                      policy_config(policy).n_obs_steps, limits)
         samples = []
         for _ in range(3):
             begin = time.perf_counter()
