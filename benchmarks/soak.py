@@ -177,7 +177,8 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     from visualization_msgs.msg import Marker, MarkerArray
 
     from diffusion_policy_ros.nodes.bringup import BringUp, plan_bringup, resolve_config
-    from diffusion_policy_ros.nodes.demo import _call_service, _set_sim_parameters
+    from diffusion_policy_ros.nodes.demo import _set_sim_parameters
+    from diffusion_policy_ros.nodes.services import call_service
     from diffusion_policy_ros.nodes.messages import make_image, seconds_to_stamp, stamp_to_seconds
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +290,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     threading.Thread(target=executor.spin, daemon=True).start()
 
     def lifecycle(name: str, transition: int) -> None:
-        _call_service(node, ChangeState, f'/{name}/change_state',
+        call_service(node, ChangeState, f'/{name}/change_state',
                       ChangeState.Request(transition=Transition(id=transition)), timeout=30)
 
     def box_marker(action: int, xyz=(0.0, 0.0, 0.0)) -> MarkerArray:
@@ -328,7 +329,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     deadline = time.monotonic() + args.minutes * 60
     seed, episode_started = 1000, time.monotonic()
     _set_sim_parameters(node, {'seed': seed})
-    _call_service(node, Trigger, '/sim_robot_node/reset', Trigger.Request())
+    call_service(node, Trigger, '/sim_robot_node/reset', Trigger.Request())
     cycle = 0
     rss_samples: list[dict] = []  # one per cycle: growth that levels off is warm-up, growth that goes on leaks
     try:
@@ -347,7 +348,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
                         episodes.append({'seed': status.get('seed'), 'success': bool(status.get('success'))})
                         seed += 1
                         _set_sim_parameters(node, {'seed': seed})
-                        _call_service(node, Trigger, '/sim_robot_node/reset', Trigger.Request())
+                        call_service(node, Trigger, '/sim_robot_node/reset', Trigger.Request())
                         episode_started = time.monotonic()
                     if time.monotonic() >= deadline:
                         break

@@ -125,6 +125,14 @@ class RobotModel:
     def collision_pair_count(self) -> int:
         return len(self.collision_model.collisionPairs)
 
+    @property
+    def root_link(self) -> str:
+        """The URDF's root link (the first body frame attached to the universe), '' if none."""
+        for frame in self.model.frames:
+            if frame.parentJoint == 0 and frame.name != 'universe' and str(frame.type).endswith('BODY'):
+                return frame.name
+        return ''
+
 
 def _remove_adjacent_pairs(model: pin.Model, geometry: pin.GeometryModel) -> None:
     """Drop pairs of geometries whose joints are parent and child (MoveIt's 'Adjacent' rule).

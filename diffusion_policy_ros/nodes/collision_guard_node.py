@@ -35,11 +35,11 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.clock import Clock, ClockType
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import JointState
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
 from diffusion_policy_ros.collision.config import NODE_NAME, CollisionGuardConfig
@@ -56,9 +56,10 @@ from diffusion_policy_ros.diagnostics import GuardStatus
 from diffusion_policy_ros.nodes.lifecycle import (DEFAULT_REALTIME_PRIORITY, REALTIME_PRIORITY_HELP,
                                                ReleasingLifecycleNode, check_realtime_priority, spin_lifecycle_node)
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
-from diffusion_policy_ros.nodes.messages import (MessageError, diagnostic_status, seconds_to_duration,
+from diffusion_policy_ros.nodes.messages import (MessageError, chunk_to_message, diagnostic_status,
                                                  stamp_to_seconds, trajectory_to_sample)
 from diffusion_policy_ros.nodes.polled import JOINT_STATE_QOS, PolledSubscription
+from diffusion_policy_ros.nodes.services import ServiceClient
 from diffusion_policy_ros.robot_description import panda_description
 from diffusion_policy_ros.worker_thread import LatestJobThread
 
@@ -136,49 +137,6 @@ def _all_parameter_names() -> type:
 PARAMS = _all_parameter_names()  # what bring-up and the params-file test read
 
 
-# ---------------------------------------------------------------------- message helpers
-def chunk_to_message(chunk: TrajectoryChunk, stamp: Any) -> JointTrajectory:
-    """A guard trajectory (arbitrary times from the stamp) as a JointTrajectory."""
-    msg = JointTrajectory()
-    msg.header.stamp = stamp
-    msg.joint_names = list(chunk.joint_names)
-    for row, t in zip(np.asarray(chunk.positions, dtype=float), np.asarray(chunk.time_from_start, dtype=float)):
-        msg.points.append(JointTrajectoryPoint(positions=[float(x) for x in row],
-                                               time_from_start=seconds_to_duration(float(t))))
-    return msg
-
-
-class _ServiceClient:
-    """An rclpy service client with the (ready, call) interface the MoveIt backend expects.
-
-    `call` waits on an event set by the response callback, which the node's executor thread delivers:
-    it must be called from another thread (the guard's planning thread), and gives up after the
-    timeout instead of blocking the guard.
-    """
-
-    def __init__(self, node: LifecycleNode, srv_type: Any, name: str) -> None:
-        self._client = node.create_client(srv_type, name)
-
-    def ready(self, timeout_s: float) -> bool:
-        return self._client.wait_for_service(timeout_sec=timeout_s)
-
-    def call(self, request: Any, timeout_s: float) -> Any | None:
-        done = threading.Event()
-        future = self._client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout_s):
-            self._client.remove_pending_request(future)
-            return None
-        return future.result()
-
-
-def _root_link(model: RobotModel) -> str:
-    for frame in model.model.frames:
-        if frame.parentJoint == 0 and frame.name != 'universe' and str(frame.type).endswith('BODY'):
-            return frame.name
-    return ''
-
-
 # ---------------------------------------------------------------------- the node
 class CollisionGuardNode(ReleasingLifecycleNode):
     """ROS plumbing around `CollisionGuard`: subscriptions feed the measured state and the scene,
@@ -251,13 +209,13 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self.model = RobotModel.from_urdf(urdf, srdf)
         self._limits = JointLimits(self.model.joint_names, self.model.limits.lower, self.model.limits.upper,
                                    self.model.limits.velocity)
-        root = _root_link(self.model)
+        root = self.model.root_link
         scene = Scene()
         self.scene = MarkerScene(scene, config.scene_objects, [p.scene_frame or root],
                                  lookahead_s=config.moving_object_lookahead_s)
         self.backend, message = select_backend(
             config.backend, self.model, config, scene=scene,
-            client_factory=lambda srv_type, name: _ServiceClient(self, srv_type, name))
+            client_factory=lambda srv_type, name: ServiceClient(self, srv_type, name))
         self.get_logger().info(message)
         self.guard = CollisionGuard(self.backend.checker, self.backend.planner,
                                     max_joint_step=config.max_joint_step, hold_time_s=config.control_period_s,

@@ -19,6 +19,7 @@ import numpy as np
 
 from diffusion_policy_ros.diagnostics import GuardStatus, PolicyStatus
 from diffusion_policy_ros.nodes.bringup import NODE_LOG
+from diffusion_policy_ros.nodes.services import call_service
 
 DEFAULT_CONFIG = 'config/sim.yaml'
 POLICY_START_AFTER_S = 0.3  # sim seconds after a reset before the policy runs again (see the episode loop)
@@ -129,28 +130,11 @@ class DemoMonitor:
         return {}
 
 
-def _call_service(node, srv_type, service: str, request, timeout: float = 10.0):
-    """The response of `service` (spun by the caller's executor); raises if it is missing or silent."""
-    client = node.create_client(srv_type, service)
-    try:
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f'no {service} service')
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not future.done():
-            raise RuntimeError(f'{service} did not answer within {timeout:g} s')
-        return future.result()
-    finally:
-        node.destroy_client(client)
-
-
 def _set_sim_parameters(node, values: dict, timeout: float = 10.0) -> None:
     from rcl_interfaces.srv import SetParameters
     from rclpy.parameter import Parameter
     request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-    results = _call_service(node, SetParameters, '/sim_robot_node/set_parameters', request, timeout).results
+    results = call_service(node, SetParameters, '/sim_robot_node/set_parameters', request, timeout).results
     if not results or not all(r.successful for r in results):
         raise RuntimeError(f'sim_robot_node refused parameters {values}: {[r.reason for r in results]}')
 
@@ -158,7 +142,7 @@ def _set_sim_parameters(node, values: dict, timeout: float = 10.0) -> None:
 def _trigger(node, service: str, timeout: float = 10.0) -> None:
     """Call a std_srvs/Trigger service and require success."""
     from std_srvs.srv import Trigger
-    response = _call_service(node, Trigger, service, Trigger.Request(), timeout)
+    response = call_service(node, Trigger, service, Trigger.Request(), timeout)
     if not response.success:
         raise RuntimeError(f'{service} failed: {response.message}')
 

@@ -6,7 +6,7 @@ and deployment decode identically); this module adds the joint-space messages an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
@@ -18,6 +18,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 from diffusion_policy_ros.data.image_codec import encode_rgb8
 from diffusion_policy_ros.diagnostics import NodeStatus
 from diffusion_policy_ros.robot_description import PANDA_JOINTS
+
+if TYPE_CHECKING:  # (the guard's types pull in pinocchio: only the guard needs them at run time)
+    from diffusion_policy_ros.collision.guard import TrajectoryChunk
 
 
 class MessageError(ValueError):
@@ -120,6 +123,17 @@ def trajectory_to_sample(msg: JointTrajectory) -> TrajectorySample:
     if np.any(np.diff(times) <= 0):
         raise MessageError(f'JointTrajectory time_from_start is not strictly increasing: {times.round(3).tolist()}')
     return TrajectorySample(names, points, times, stamp_to_seconds(msg.header.stamp))
+
+
+def chunk_to_message(chunk: TrajectoryChunk, stamp: Any) -> JointTrajectory:
+    """A guard trajectory (arbitrary times from the stamp) as a JointTrajectory."""
+    msg = JointTrajectory()
+    msg.header.stamp = stamp
+    msg.joint_names = list(chunk.joint_names)
+    for row, t in zip(np.asarray(chunk.positions, dtype=float), np.asarray(chunk.time_from_start, dtype=float)):
+        msg.points.append(JointTrajectoryPoint(positions=[float(x) for x in row],
+                                               time_from_start=seconds_to_duration(float(t))))
+    return msg
 
 
 def make_image(rgb: np.ndarray, stamp: Time, frame_id: str = 'camera') -> Image:
