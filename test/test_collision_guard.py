@@ -366,6 +366,24 @@ def test_a_hold_at_a_measurement_just_outside_a_limit_commands_the_limit(panda):
     assert hold.positions[0, hold.joint_names.index('panda_joint4')] == pytest.approx(panda.limits.upper[3])
 
 
+def test_what_the_guard_sends_is_clipped_into_the_exact_limits(panda):
+    """Found by the 30-minute soak: 5 of about 18,000 commands went out up to 0.0009 m past the gripper's
+    0.04 m limit, plans and chunks from a reading of 0.0409 m (inside the measurement tolerance).
+    Every trajectory the node publishes goes through `within_limits` first."""
+    guard = make_guard(panda)
+    finger = PANDA_JOINTS.index('panda_finger_joint1')
+    chunk = chunk_towards(HOME + np.eye(8)[0] * 0.2)
+    assert guard.within_limits(chunk) is chunk  # inside: the very same chunk (a pass stays unchanged)
+    over = chunk_towards(HOME + np.eye(8)[0] * 0.2)
+    over.positions[:, finger] = panda.limits.upper[finger] + 0.0009
+    over.positions[0, 3] = panda.limits.lower[3] - 0.0005
+    clipped = guard.within_limits(over)
+    assert np.all(clipped.positions <= panda.limits.upper) and np.all(clipped.positions >= panda.limits.lower)
+    np.testing.assert_array_equal(clipped.positions[:, finger], panda.limits.upper[finger])
+    np.testing.assert_array_equal(clipped.positions[1:, :3], over.positions[1:, :3])  # nothing else moves
+    np.testing.assert_array_equal(clipped.time_from_start, over.time_from_start)
+
+
 def test_an_obstacle_arriving_on_the_executing_trajectory_cuts_it_before_the_contact(panda):
     """Issue 15: the scene changes while the arm executes a checked chunk and no new chunk comes.
     recheck() cuts the rest of the chunk at its last safe waypoint at once and asks for a fallback;

@@ -290,6 +290,18 @@ class CollisionGuard:
                              f'{request.result.reason}; no fallback within the planning budget; holding',
                              request.stats)
 
+    def within_limits(self, chunk: TrajectoryChunk) -> TrajectoryChunk:
+        """`chunk` with every position clipped into the exact joint limits (the same object when it is
+        already inside). The last step before anything is published: the checks accept a measured start
+        up to `limit_tolerance` outside a limit (sensor noise, a gripper reading 0.0409 m against 0.04),
+        and a plan or a chunk that starts there would command that position."""
+        columns = _joint_columns(self.checker.joint_names, chunk.joint_names)
+        lower, upper = self.checker.lower[columns], self.checker.upper[columns]
+        positions = np.asarray(chunk.positions, dtype=float)
+        if np.all((positions >= lower) & (positions <= upper)):
+            return chunk
+        return dataclasses.replace(chunk, positions=np.clip(positions, lower, upper))
+
     def record_sent(self, chunk: TrajectoryChunk, started_s: float) -> None:
         """What the arm executes now: `chunk`, its times counted from `started_s` (guard clock)."""
         with self._lock:
@@ -422,9 +434,7 @@ class CollisionGuard:
             return None
         # A measurement may sit a little outside a limit (sensor noise within the measurement rules'
         # tolerance, a gripper reading -0.002 m): the hold commands the nearest position within them.
-        columns = _joint_columns(self.checker.joint_names, names)
-        position = np.clip(position, self.checker.lower[columns], self.checker.upper[columns])
-        return TrajectoryChunk(tuple(names), position, np.array([self.hold_time_s]))
+        return self.within_limits(TrajectoryChunk(tuple(names), position, np.array([self.hold_time_s])))
 
 
 def _full_configuration(start: np.ndarray, columns: np.ndarray, positions: np.ndarray) -> np.ndarray:

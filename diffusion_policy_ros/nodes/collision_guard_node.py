@@ -462,13 +462,16 @@ class CollisionGuardNode(ReleasingLifecycleNode):
             return
         log = self.get_logger()
         now = self.get_clock().now()
+        trajectory = guard.within_limits(decision.trajectory) if decision.trajectory is not None else None
         if decision.action == 'pass':
-            pub.publish(proposed)  # unchanged: same points, same times, same stamp
+            # unchanged (same points, times and stamp) unless a point lay outside a limit by the tolerance
+            pub.publish(proposed if trajectory is decision.trajectory else
+                        chunk_to_message(trajectory, proposed.header.stamp))
             stamp = stamp_to_seconds(proposed.header.stamp)
-            guard.record_sent(decision.trajectory, stamp if stamp > 0 else now.nanoseconds * 1e-9)
-        elif decision.trajectory is not None:
-            pub.publish(chunk_to_message(decision.trajectory, now.to_msg()))
-            guard.record_sent(decision.trajectory, now.nanoseconds * 1e-9)
+            guard.record_sent(trajectory, stamp if stamp > 0 else now.nanoseconds * 1e-9)
+        elif trajectory is not None:
+            pub.publish(chunk_to_message(trajectory, now.to_msg()))
+            guard.record_sent(trajectory, now.nanoseconds * 1e-9)
         latency = (time.time_ns() - arrived_ns) * 1e-9
         with self._lock:
             self._last_action, self._last_reason = decision.action, decision.reason
