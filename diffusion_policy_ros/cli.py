@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'bench-planning': ('diffusion_policy_ros.sim.bench_planning',
                        'diffusion alone vs + collision guard vs classical planning, static and moving obstacles'),
     'sweep': ('diffusion_policy_ros.sim.sweeps', 'DDIM-steps / action-horizon sweeps in sim'),
-    'viz-denoise': ('diffusion_policy_ros.core.visualize', 'plot an action chunk going from noise to actions'),
+    'viz-denoise': ('diffusion_policy_ros.sim.visualize', 'plot an action chunk going from noise to actions'),
     'replay': ('diffusion_policy_ros.nodes.replay', 'replay a rosbag through the nodes and score them'),
 }
 

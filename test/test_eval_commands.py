@@ -14,7 +14,7 @@ import torch
 from diffusion_policy_ros.cli import main
 from diffusion_policy_ros.core import (ActionSpec, Normalizer, ObservationSpec, PolicyConfig, build_policy,
                                       save_checkpoint)
-from diffusion_policy_ros.core.visualize import denoising_traces, observation_from_sim, visualize_denoising
+from diffusion_policy_ros.sim.visualize import denoising_traces, observation_from_sim, visualize_denoising
 from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS
 
 

@@ -59,3 +59,18 @@ def test_cli_lists_its_commands():
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert 'COMMAND' in out.stdout
+
+
+def test_core_depends_on_nothing_above_it():
+    """core/ (networks, samplers, checkpoints) is the bottom layer: it never imports control, data,
+    training, collision, sim or nodes, not even inside a function."""
+    above = {'control', 'data', 'training', 'collision', 'sim', 'nodes'}
+    offenders = []
+    for path in (ROOT / 'diffusion_policy_ros' / 'core').rglob('*.py'):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split('.')
+                package = parts[0] if node.level == 2 else (parts[1] if parts[0] == 'diffusion_policy_ros' else '')
+                if package in above:
+                    offenders.append(f'{path.relative_to(ROOT)}:{node.lineno} {node.module}')
+    assert offenders == []

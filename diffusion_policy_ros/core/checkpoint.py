@@ -107,7 +107,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
     return config_path, weights_path
 
 
-def fit_camera_topics(camera_topics: Sequence[str], camera_keys: Sequence[str], checkpoint: Any) -> tuple[list[str], str]:
+def fit_camera_topics(camera_topics: Sequence[str], camera_keys: Sequence[str],
+                      checkpoint: Any) -> tuple[list[str], str]:
     """The camera topics that feed a checkpoint's cameras (in order), and a note when some are dropped:
     a camera-less checkpoint ignores the topics; any other count mismatch is a ValueError."""
     topics = [t for t in camera_topics if t]  # [''] (old params files' "none") is empty

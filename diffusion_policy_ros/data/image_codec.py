@@ -4,6 +4,11 @@ Dataset conversion, the ROS nodes and the simulator all go through these functio
 image looks the same to the policy in training and on the robot. Messages are duck-typed: an
 rclpy `sensor_msgs.msg.Image` (``data`` as bytes / array.array) and a rosbags Image (``data`` as
 a numpy uint8 array) both work, as does any object with the same field names.
+
+There is deliberately no cv_bridge path: the dataset is decoded by these functions (rosbags gives no
+rclpy messages to cv_bridge), so a robot whose nodes decoded with cv_bridge instead could see other
+pixels than the policy was trained on (its passthrough of padded rows, big-endian 16-bit and
+float images is its own), and no registry here has cv_bridge to test the two against each other.
 """
 from __future__ import annotations
 
@@ -13,11 +18,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
-
-try:  # cv_bridge is preferred where a ROS install provides it; it is not on any registry here.
-    from cv_bridge import CvBridge as _CvBridge  # type: ignore[import-not-found]
-except Exception:  # noqa: BLE001 - a broken cv_bridge (numpy 2 vs old wheels) must not break us.
-    _CvBridge = None
 
 
 class ImageDecodeError(ValueError):
@@ -111,9 +111,6 @@ def decode_image(msg: Any, *, topic: str = '?') -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = width * spec.channels * np.dtype(spec.dtype).itemsize
     raw = _as_byte_array(msg.data)
-    if _CvBridge is not None and type(msg).__module__.startswith('sensor_msgs'):
-        array = np.asarray(_CvBridge().imgmsg_to_cv2(msg, desired_encoding='passthrough'))
-        return np.array(array.reshape(height, width, spec.channels))
     rows = raw.reshape(height, step)[:, :row_bytes]
     wire_dtype = np.dtype(spec.dtype).newbyteorder('>' if msg.is_bigendian else '<')
     pixels = np.ascontiguousarray(rows).view(wire_dtype).reshape(height, width, spec.channels)

@@ -44,10 +44,10 @@ def observation_from_sim(policy: Any, task: str, seed: int, at_time: float | Non
     of episode `seed`, with the scripted expert driving the arm until then."""
     from ..control.observation import ObservationHistory, ObservationWindow
     from ..data.image_codec import prepare_model_image
-    from ..sim.arm import SimArm
-    from ..sim.evaluate import _camera_map, default_sim_config
-    from ..sim.experts import ScriptedExpert
-    from ..sim.rollout import rollout
+    from .arm import SimArm
+    from .evaluate import _camera_map, default_sim_config
+    from .experts import ScriptedExpert
+    from .rollout import rollout
 
     n_obs = _cfg(policy).n_obs_steps
     spec = policy.obs_spec
@@ -84,7 +84,7 @@ def denoising_traces(policy: Any, obs_window: dict[str, np.ndarray], *, ddpm_ste
     The samplers use the checkpoint's schedule and prediction type; the policy's own sampler is put
     back afterwards (the swap lets `predict_action` keep its guidance and normalisation logic).
     """
-    from .samplers import build_sampler
+    from ..core.samplers import build_sampler
 
     if getattr(_cfg(policy), 'policy', None) != 'diffusion' or not hasattr(policy, 'sampler'):
         raise ValueError(f'viz-denoise needs a diffusion policy; this one is {getattr(_cfg(policy), "policy", "?")!r} '
@@ -218,7 +218,7 @@ def visualize_denoising(checkpoint_or_policy: Any, out_dir: str | Path, *, task:
                         gif_frames: int = GIF_FRAMES) -> tuple[dict[str, str], dict[str, Any]]:
     """Write `out_dir`/denoise.png, denoise.gif and denoise.json (the final chunks); returns their paths
     and what denoise.json holds."""
-    from ..sim.evaluate import load_policy
+    from .evaluate import load_policy
 
     policy, label = load_policy(checkpoint_or_policy, device)
     dim = policy.action_spec.dim
