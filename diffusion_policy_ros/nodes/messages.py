@@ -48,23 +48,6 @@ def duration_to_seconds(d: Duration) -> float:
     return float(d.sec) + float(d.nanosec) * 1e-9
 
 
-@dataclass
-class JointStateSample:
-    names: tuple[str, ...]
-    positions: np.ndarray  # (J,) float64, in the order of `names`
-    velocities: np.ndarray | None
-
-
-def joint_state_to_sample(msg: JointState) -> JointStateSample:
-    """Unpack a JointState; a position array whose length differs from `name` is malformed."""
-    names = tuple(msg.name)
-    positions = np.asarray(msg.position, dtype=np.float64)
-    if len(names) != positions.shape[0]:
-        raise MessageError(f'JointState has {len(names)} names but {positions.shape[0]} positions')
-    velocities = np.asarray(msg.velocity, dtype=np.float64) if len(msg.velocity) == len(names) else None
-    return JointStateSample(names, positions, velocities)
-
-
 def make_joint_state(names: Sequence[str], positions: np.ndarray, velocities: np.ndarray | None,
                      stamp: Time) -> JointState:
     msg = JointState()
