@@ -227,9 +227,6 @@ class SimRobotNode(Node):
         if outputs.scene:
             self._publish_scene()
 
-    def status_dict(self) -> dict[str, Any]:
-        return self.sim.status()
-
     def _publish_status(self) -> None:
         self._status_pub.publish(String(data=json.dumps(self.sim.status())))
 
