@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from diffusion_policy_ros.cli import main
-from diffusion_policy_ros.core import (ActionSpec, Normalizer, ObservationSpec, PolicyConfig, build_policy,
-                                      save_checkpoint)
+from diffusion_policy_ros.core.checkpoint import save_checkpoint
+from diffusion_policy_ros.core.config import ActionSpec, ObservationSpec, PolicyConfig
+from diffusion_policy_ros.core.normalizer import Normalizer
+from diffusion_policy_ros.core.policy import build_policy
 from diffusion_policy_ros.sim.visualize import denoising_traces, observation_from_sim, visualize_denoising
 from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS
 
