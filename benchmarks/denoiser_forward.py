@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from diffusion_policy_ros.core.denoisers import ConditionalUnet1D
-from diffusion_policy_ros.core.samplers import DDIMSampler, DDIMSamplerConfig
+from diffusion_policy_ros.core.config import SamplerSettings
+from diffusion_policy_ros.core.samplers import DDIMSampler
 
 
 def _timed(fn, repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
@@ -59,7 +60,7 @@ def main() -> None:
 
     settings = dict(num_train_timesteps=100, beta_schedule='squaredcos_cap_v2', prediction_type='epsilon',
                     clip_sample=True)
-    ours = DDIMSampler(DDIMSamplerConfig(num_inference_steps=args.steps, **settings))
+    ours = DDIMSampler(SamplerSettings(kind='ddim', num_inference_steps=args.steps, **settings))
     reference = DDIMScheduler(**settings)
 
     def model_fn(sample: torch.Tensor, t_batch: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

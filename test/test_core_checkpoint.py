@@ -115,7 +115,7 @@ def test_bad_json_missing_keys_and_version_are_reported(saved):
     bad_cfg = json.loads(json.dumps(good))
     bad_cfg['policy_config']['encoder']['widht'] = 3
     config_path.write_text(json.dumps(bad_cfg))
-    with pytest.raises(CheckpointError, match=r"config\.json: invalid configuration.*'widht'"):
+    with pytest.raises(CheckpointError, match=r"config\.json: invalid configuration.*'encoder\.widht'"):
         load_checkpoint(directory)
 
 

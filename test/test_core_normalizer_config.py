@@ -98,7 +98,7 @@ def test_config_rejects_unknown_keys_by_name():
         PolicyConfig.from_dict(data)
     data = PolicyConfig().to_dict()
     data['unet']['down_dim'] = [1, 2]
-    with pytest.raises(ValueError, match=r"PolicyConfig\.unet: unknown key.*'down_dim'"):
+    with pytest.raises(ValueError, match=r"PolicyConfig: unknown key.*'unet\.down_dim'"):
         PolicyConfig.from_dict(data)
     with pytest.raises(ValueError, match="unknown key.*'joints'"):
         ActionSpec.from_dict({'joints': ['a'], 'dim': 1})

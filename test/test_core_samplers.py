@@ -3,8 +3,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from diffusion_policy_ros.core.samplers import (DDIMSampler, DDIMSamplerConfig, DDPMSampler,
-                                                DDPMSamplerConfig, build_sampler)
+from diffusion_policy_ros.core.config import SamplerSettings
+from diffusion_policy_ros.core.samplers import DDIMSampler, DDPMSampler, build_sampler
 from diffusion_policy_ros.core.schedules import make_betas
 
 SHAPE = (3, 16, 7)
@@ -51,7 +51,7 @@ def test_ddpm_trajectory_matches_diffusers(prediction_type, clip_sample, varianc
     settings = dict(num_train_timesteps=100, beta_schedule='squaredcos_cap_v2', prediction_type=prediction_type,
                     clip_sample=clip_sample, variance_type=variance_type)
     ref = DDPMScheduler(**settings)
-    ours = DDPMSampler(DDPMSamplerConfig(**settings))
+    ours = DDPMSampler(SamplerSettings(kind='ddpm', **settings))
     ref.set_timesteps(num_inference_steps)
     timesteps = ours.timesteps(num_inference_steps)
     assert timesteps.tolist() == ref.timesteps.tolist()
@@ -75,7 +75,7 @@ def test_ddim_trajectory_matches_diffusers(num_inference_steps, clip_sample, pre
     settings = dict(num_train_timesteps=100, beta_schedule='squaredcos_cap_v2', prediction_type=prediction_type,
                     clip_sample=clip_sample)
     ref = DDIMScheduler(**settings)
-    ours = DDIMSampler(DDIMSamplerConfig(eta=eta, **settings))
+    ours = DDIMSampler(SamplerSettings(kind='ddim', eta=eta, **settings))
     ref.set_timesteps(num_inference_steps)
     timesteps = ours.timesteps(num_inference_steps)
     assert timesteps.tolist() == ref.timesteps.tolist()
@@ -96,10 +96,10 @@ def test_ddim_trajectory_matches_diffusers(num_inference_steps, clip_sample, pre
 def test_other_schedules_and_offsets_match_diffusers(kind, schedule):
     settings = dict(num_train_timesteps=100, beta_schedule=schedule, steps_offset=1)
     if kind == 'ddpm':
-        ref, ours, extra = DDPMScheduler(**settings), DDPMSampler(DDPMSamplerConfig(**settings)), {}
+        ref, ours, extra = DDPMScheduler(**settings), DDPMSampler(SamplerSettings(kind='ddpm', **settings)), {}
     else:
         ref = DDIMScheduler(set_alpha_to_one=False, **settings)
-        ours, extra = DDIMSampler(DDIMSamplerConfig(eta=1.0, set_alpha_to_one=False, **settings)), {'eta': 1.0}
+        ours, extra = DDIMSampler(SamplerSettings(kind='ddim', eta=1.0, set_alpha_to_one=False, **settings)), {'eta': 1.0}
     ref.set_timesteps(10)
     timesteps = ours.timesteps(10)
     assert timesteps.tolist() == ref.timesteps.tolist() and timesteps[-1] == 1
@@ -115,7 +115,7 @@ def test_clipping_changes_the_trajectory():
     """Guards the equality tests above: clip on/off must actually exercise different code."""
     outs = []
     for clip in (True, False):
-        sampler = DDIMSampler(DDIMSamplerConfig(prediction_type='sample', clip_sample=clip))
+        sampler = DDIMSampler(SamplerSettings(kind='ddim', prediction_type='sample', clip_sample=clip))
         model = fake_model('sample', sampler.alphas_cumprod)
         outs.append(sampler.sample(lambda x, t, c: model(x, int(t[0])), SHAPE, None, noise=_noise(0)))
     assert (outs[0] - outs[1]).abs().max() > 0.05
@@ -129,7 +129,7 @@ def test_sample_loop_with_generator_matches_a_diffusers_loop(kind):
         ref, n, kwargs = DDPMScheduler(num_train_timesteps=100, beta_schedule='squaredcos_cap_v2'), 20, {}
     else:
         ref, n, kwargs = DDIMScheduler(num_train_timesteps=100, beta_schedule='squaredcos_cap_v2'), 10, {'eta': 0.7}
-    ours = build_sampler(kind, num_train_timesteps=100, **kwargs)
+    ours = build_sampler(SamplerSettings(kind=kind, num_train_timesteps=100, **kwargs))
     model = fake_model('epsilon', ours.alphas_cumprod)
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(SHAPE, generator=generator)
@@ -158,15 +158,15 @@ def test_bad_settings_are_named():
     with pytest.raises(ValueError, match='num_inference_steps'):
         DDIMSampler().timesteps(101)
     with pytest.raises(ValueError, match="'v_prediction'"):
-        DDIMSampler(DDIMSamplerConfig(prediction_type='v_prediction'))
+        DDIMSampler(SamplerSettings(kind='ddim', prediction_type='v_prediction'))
     with pytest.raises(ValueError, match='timestep 5 is not in'):
         sampler = DDIMSampler()
         sampler.timesteps(10)
         sampler.step(torch.zeros(SHAPE), 5, torch.zeros(SHAPE))
-    with pytest.raises(TypeError):
-        build_sampler('ddim', not_a_setting=1)
+    with pytest.raises(ValueError, match="unknown key.*'not_a_setting'"):
+        build_sampler(SamplerSettings.from_dict({'kind': 'ddim', 'not_a_setting': 1}))
     with pytest.raises(ValueError, match='steps_offset 1 puts the 100-step chain 100..1 outside'):
-        DDIMSampler(DDIMSamplerConfig(steps_offset=1)).timesteps(100)
+        DDIMSampler(SamplerSettings(kind='ddim', steps_offset=1)).timesteps(100)
 
 
 @pytest.mark.parametrize('prediction_type', ['epsilon', 'sample'])
@@ -176,7 +176,7 @@ def test_trailing_ddim_matches_diffusers_and_starts_at_the_noisiest_step(predict
     settings = dict(num_train_timesteps=100, beta_schedule='squaredcos_cap_v2', prediction_type=prediction_type,
                     timestep_spacing='trailing')
     ref = DDIMScheduler(set_alpha_to_one=True, **settings)
-    ours = DDIMSampler(DDIMSamplerConfig(**settings))
+    ours = DDIMSampler(SamplerSettings(kind='ddim', **settings))
     ref.set_timesteps(num_inference_steps)
     timesteps = ours.timesteps(num_inference_steps)
     assert timesteps.tolist() == ref.timesteps.tolist() and timesteps[0] == 99
@@ -190,4 +190,4 @@ def test_trailing_ddim_matches_diffusers_and_starts_at_the_noisiest_step(predict
 
 def test_trailing_spacing_is_ddim_only():
     with pytest.raises(ValueError, match='timestep_spacing'):
-        DDPMSampler(DDPMSamplerConfig(timestep_spacing='trailing'))
+        DDPMSampler(SamplerSettings(kind='ddpm', timestep_spacing='trailing'))

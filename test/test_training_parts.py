@@ -49,8 +49,8 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
     ('trian: {steps: 3}\n', ["'trian'"]),
     ('train: {steps: 3, bach_size: 4}\n', ["'train.bach_size'"]),
     ('ema: {power: 0.75, gamma: 1.0}\n', ["'ema.gamma'"]),
-    ('policy: {horizon: 16, down_dim: [1]}\n', ["'down_dim'", 'policy']),
-    ('policy: {unet: {kernal_size: 3}}\n', ["'kernal_size'"]),
+    ('policy: {horizon: 16, down_dim: [1]}\n', ["'policy.down_dim'"]),
+    ('policy: {unet: {kernal_size: 3}}\n', ["'policy.unet.kernal_size'"]),
 ])
 def test_unknown_keys_are_rejected_by_name(tmp_path, text, names):
     path = tmp_path / 'bad.yaml'

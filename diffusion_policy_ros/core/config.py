@@ -1,56 +1,18 @@
 """Dataclass configs of the policy and of what it observes and commands.
 
 One source of truth: training configs, checkpoints (config.json) and the node all go through
-`to_dict()` / `from_dict()`, and `from_dict` rejects unknown keys by name so a typo in a YAML file
-fails loudly instead of silently training the default.
+`to_dict()` / `from_dict()` (`config_loader.from_mapping`: unknown keys and wrong types are errors
+naming the key, so a typo in a YAML file fails loudly instead of silently training the default).
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from diffusion_policy_ros.config_loader import from_mapping
+
 T = TypeVar('T')
-
-
-def _from_dict(cls: type[T], data: dict[str, Any], where: str) -> T:
-    """Build dataclass `cls` from a plain dict, recursing into nested dataclasses.
-
-    Tuples come back as tuples (JSON only has lists), unknown keys are an error naming them.
-    """
-    if not isinstance(data, dict):
-        raise ValueError(f'{where}: expected a mapping, got {type(data).__name__}')
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f'{where}: unknown key(s) {", ".join(map(repr, unknown))}; '
-                         f'known keys: {", ".join(sorted(fields))}')
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, f'{where}.{name}')
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        raise ValueError(f'{where}: {exc}') from None
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _from_dict(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        non_none = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(non_none[0], value, where) if len(non_none) == 1 else value
-    if origin is tuple and isinstance(value, (list, tuple)):
-        return tuple(value)
-    if origin is list and isinstance(value, (list, tuple)):
-        return list(value)
-    return value
 
 
 class _DictMixin:
@@ -61,7 +23,7 @@ class _DictMixin:
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         """Inverse of `to_dict`; unknown keys raise ValueError naming them."""
-        return _from_dict(cls, data, cls.__name__)
+        return from_mapping(cls, data, cls.__name__)
 
 
 def _jsonable(value: Any) -> Any:
@@ -160,7 +122,8 @@ class EncoderConfig(_DictMixin):
 
 @dataclass
 class SamplerSettings(_DictMixin):
-    """Diffusion schedule (training) and sampler (inference) settings."""
+    """Diffusion schedule (training) and sampler (inference) settings: what `core.samplers` builds the
+    DDPM or DDIM sampler from (names and defaults follow diffusers' schedulers where shared)."""
 
     kind: Literal['ddim', 'ddpm'] = 'ddim'
     num_train_timesteps: int = 100
@@ -171,7 +134,14 @@ class SamplerSettings(_DictMixin):
     num_inference_steps: int = 10
     eta: float = 0.0  # DDIM only
     variance_type: Literal['fixed_small', 'fixed_large'] = 'fixed_small'  # DDPM only
-    timestep_spacing: Literal['leading', 'trailing'] = 'leading'  # DDIM: 'trailing' for few-step students
+    # DDIM: 'leading' (diffusers' default: a 1-step chain is t = 0) or 'trailing' (a 1-step chain starts
+    # from the noisiest step, t = T - 1, as few-step students need: Lin et al. 2024, "Common diffusion
+    # noise schedules and sample steps are flawed"). DDPM: leading only.
+    timestep_spacing: Literal['leading', 'trailing'] = 'leading'
+    beta_start: float = 1e-4  # linear and scaled_linear beta schedules only
+    beta_end: float = 0.02
+    set_alpha_to_one: bool = True  # DDIM: the last step lands on alpha 1 (diffusers' default)
+    steps_offset: int = 0  # diffusers' steps_offset: added to every timestep of the chain
 
 
 BLENDING_MODES: tuple[str, ...] = ('none', 'temporal_ensemble', 'crossfade')

@@ -111,18 +111,7 @@ class DiffusionPolicy(_ObservationPolicy):
                  normalizer: Normalizer) -> None:
         super().__init__(cfg, obs_spec, action_spec, normalizer)
         self.denoiser = build_denoiser(cfg, action_spec.dim, self.obs_encoder.output_dim)
-        settings = cfg.sampler
-        common = dict(num_train_timesteps=settings.num_train_timesteps, beta_schedule=settings.beta_schedule,
-                      prediction_type=settings.prediction_type, clip_sample=settings.clip_sample,
-                      clip_sample_range=settings.clip_sample_range,
-                      num_inference_steps=settings.num_inference_steps)
-        if settings.kind == 'ddim':
-            self.sampler: DDIMSampler | DDPMSampler = build_sampler(
-                'ddim', eta=settings.eta, timestep_spacing=settings.timestep_spacing, **common)
-        else:
-            if settings.timestep_spacing != 'leading':
-                raise ValueError("sampler.timestep_spacing 'trailing' needs kind 'ddim'")
-            self.sampler = build_sampler('ddpm', variance_type=settings.variance_type, **common)
+        self.sampler: DDIMSampler | DDPMSampler = build_sampler(cfg.sampler)
         # Learned "no observation" condition for classifier-free guidance.
         self.null_cond = (nn.Parameter(torch.zeros(cfg.n_obs_steps, self.obs_encoder.output_dim))
                           if cfg.cfg_dropout > 0 else None)

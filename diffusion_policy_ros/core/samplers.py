@@ -18,49 +18,12 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
+from .config import SamplerSettings
 from .schedules import alphas_cumprod, make_betas
 
 PredictionType = Literal['epsilon', 'sample']
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
-
-
-@dataclass
-class DDPMSamplerConfig:
-    """Settings of `DDPMSampler` (names and defaults follow diffusers' DDPMScheduler where shared)."""
-
-    num_train_timesteps: int = 100
-    beta_schedule: str = 'squaredcos_cap_v2'
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: PredictionType = 'epsilon'
-    clip_sample: bool = True
-    clip_sample_range: float = 1.0
-    variance_type: Literal['fixed_small', 'fixed_large'] = 'fixed_small'
-    timestep_spacing: Literal['leading'] = 'leading'
-    steps_offset: int = 0
-    num_inference_steps: int = 100
-
-
-@dataclass
-class DDIMSamplerConfig:
-    """Settings of `DDIMSampler` (names and defaults follow diffusers' DDIMScheduler where shared)."""
-
-    num_train_timesteps: int = 100
-    beta_schedule: str = 'squaredcos_cap_v2'
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    prediction_type: PredictionType = 'epsilon'
-    clip_sample: bool = True
-    clip_sample_range: float = 1.0
-    eta: float = 0.0
-    set_alpha_to_one: bool = True
-    # 'leading' (diffusers' default: a 1-step chain is t = 0) or 'trailing' (a 1-step chain starts from
-    # the noisiest step, t = T - 1, as few-step students need: Lin et al. 2024, "Common diffusion noise
-    # schedules and sample steps are flawed").
-    timestep_spacing: Literal['leading', 'trailing'] = 'leading'
-    steps_offset: int = 0
-    num_inference_steps: int = 10
 
 
 @dataclass(frozen=True)
@@ -78,12 +41,13 @@ _P, _Q, _A, _B, _D, _S = range(6)
 class _Sampler:
     """Shared machinery: schedule, tables, forward noising, stepping and the sampling loop."""
 
-    config: DDPMSamplerConfig | DDIMSamplerConfig
+    config: SamplerSettings
+    spacings: tuple[str, ...] = ('leading',)
 
-    def __init__(self, config: DDPMSamplerConfig | DDIMSamplerConfig) -> None:
+    def __init__(self, config: SamplerSettings) -> None:
         if config.prediction_type not in ('epsilon', 'sample'):
             raise ValueError(f"prediction_type must be 'epsilon' or 'sample', got {config.prediction_type!r}")
-        spacings = ('leading', 'trailing') if isinstance(config, DDIMSamplerConfig) else ('leading',)
+        spacings = self.spacings
         if config.timestep_spacing not in spacings:
             raise ValueError(f'timestep_spacing must be one of {spacings} for this sampler, '
                              f'got {config.timestep_spacing!r}')
@@ -266,10 +230,8 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: to
 class DDPMSampler(_Sampler):
     """Ancestral DDPM sampling with the posterior variance ('fixed_small') or beta_t ('fixed_large')."""
 
-    config: DDPMSamplerConfig
-
-    def __init__(self, config: DDPMSamplerConfig | None = None) -> None:
-        config = config or DDPMSamplerConfig()
+    def __init__(self, config: SamplerSettings | None = None) -> None:
+        config = config or SamplerSettings(kind='ddpm', num_inference_steps=100)
         if config.variance_type not in ('fixed_small', 'fixed_large'):
             raise ValueError(f"variance_type must be 'fixed_small' or 'fixed_large', got {config.variance_type!r}")
         super().__init__(config)
@@ -304,10 +266,10 @@ class DDPMSampler(_Sampler):
 class DDIMSampler(_Sampler):
     """DDIM (Song et al.) with any number of steps; eta = 0 deterministic, eta = 1 DDPM-like noise."""
 
-    config: DDIMSamplerConfig
+    spacings = ('leading', 'trailing')
 
-    def __init__(self, config: DDIMSamplerConfig | None = None) -> None:
-        config = config or DDIMSamplerConfig()
+    def __init__(self, config: SamplerSettings | None = None) -> None:
+        config = config or SamplerSettings(kind='ddim')
         if config.eta < 0:
             raise ValueError(f'eta must be >= 0, got {config.eta}')
         super().__init__(config)
@@ -338,10 +300,10 @@ class DDIMSampler(_Sampler):
         return StepTable(tuple(steps), np.asarray(rows, dtype=np.float64), tuple([eta > 0] * n))
 
 
-def build_sampler(kind: str, **settings: Any) -> DDPMSampler | DDIMSampler:
-    """'ddpm' or 'ddim' sampler from keyword settings (unknown keys are rejected by the dataclass)."""
-    if kind == 'ddpm':
-        return DDPMSampler(DDPMSamplerConfig(**settings))
-    if kind == 'ddim':
-        return DDIMSampler(DDIMSamplerConfig(**settings))
-    raise ValueError(f"sampler kind must be 'ddpm' or 'ddim', got {kind!r}")
+def build_sampler(settings: SamplerSettings) -> DDPMSampler | DDIMSampler:
+    """The sampler `settings.kind` names ('ddpm' or 'ddim'), with those settings."""
+    if settings.kind == 'ddpm':
+        return DDPMSampler(settings)
+    if settings.kind == 'ddim':
+        return DDIMSampler(settings)
+    raise ValueError(f"sampler kind must be 'ddpm' or 'ddim', got {settings.kind!r}")

@@ -23,6 +23,7 @@ import yaml
 import zarr
 from tqdm import tqdm
 
+from ..config_loader import ConfigError as LoaderError, from_mapping
 from .bags import BagError, bag_topics, find_bags, read_messages
 from .image_codec import ImageDecodeError, decode_compressed, decode_image, prepare_model_image, to_rgb8
 from ..errors import UserError
@@ -38,7 +39,7 @@ FORMAT = 'diffusion_policy_ros/episodes/v1'
 NS = 1_000_000_000
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(UserError, LoaderError):
     """A dataset config that is malformed; the message names the file and key."""
 
 
@@ -90,42 +91,11 @@ class DatasetConfig:
             raise ConfigError('action.topic: required when action.source is joint_trajectory')
 
 
-def _build(cls: type, values: Any, where: str) -> Any:
-    """Dataclass from a YAML mapping, rejecting unknown keys by name."""
-    if not isinstance(values, dict):
-        raise ConfigError(f'{where}: expected a mapping, got {type(values).__name__}')
-    names = {f.name for f in dataclasses.fields(cls)}
-    if unknown := sorted(set(values) - names):
-        raise ConfigError(f'{where}: unknown key(s) {unknown}; allowed: {sorted(names)}')
-    return values
-
-
 def dataset_config_from_dict(values: dict[str, Any], source: str = '<dict>') -> DatasetConfig:
-    values = dict(_build(DatasetConfig, values, source))
     try:
-        cameras = values.pop('cameras')
-        joint_names = values.pop('joint_names')
-    except KeyError as exc:
-        raise ConfigError(f'{source}: missing required key {exc.args[0]!r}') from None
-    if not isinstance(cameras, list):
-        raise ConfigError(f'{source}: cameras must be a list of {{topic, key}}')
-    cams = []
-    for i, camera in enumerate(cameras):
-        try:
-            cams.append(CameraConfig(**_build(CameraConfig, camera, f'{source}: cameras[{i}]')))
-        except TypeError as exc:
-            raise ConfigError(f'{source}: cameras[{i}]: {exc}') from None
-    if 'action' in values:
-        values['action'] = ActionConfig(**_build(ActionConfig, values['action'], f'{source}: action'))
-    try:
-        if 'image_size' in values:
-            values['image_size'] = tuple(int(v) for v in values['image_size'])
-        for key in ('control_rate_hz', 'max_gap_s'):
-            if key in values:
-                values[key] = float(values[key])
-        return DatasetConfig(cameras=tuple(cams), joint_names=tuple(str(n) for n in joint_names), **values)
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise ConfigError(f'{source}: {exc}') from None
+        return from_mapping(DatasetConfig, values, source)
+    except LoaderError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_dataset_config(path: str | Path) -> DatasetConfig:

@@ -1,5 +1,6 @@
 """Node parameters from one dataclass: the dataclass is the single source of truth for names, types
-and defaults; the params files in config/ and the node's declared parameters both follow it."""
+and defaults; the params files in config/ and the node's declared parameters both follow it, and the
+values are read into it by `config_loader` (types checked there, ranges by the dataclass)."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +14,8 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+
+from diffusion_policy_ros.config_loader import from_mapping
 
 T = TypeVar('T')
 
@@ -70,8 +73,19 @@ def declare_parameters(node: Node, cls: type[T], skip: tuple[str, ...] = ()) -> 
             value = node.get_parameter(field.name).value
         except ParameterUninitializedException:  # declared by type and not set
             value = None
-        values[field.name] = _coerce(value, hint, field.name, optional)
-    return cls(**values)
+        if value is None and typing.get_origin(hint) is list and not optional:
+            value = []  # (an empty array has no type in ROS: declared by type, it reads back unset)
+        values[field.name] = value
+    return from_mapping(cls, values, 'parameter')
+
+
+def refuse_unknown_parameters(node: Node, cls: type) -> None:
+    """ValueError naming every parameter the node was given that `cls` does not declare, and the known ones
+    (ROS itself would silently ignore a misspelt name in a params file)."""
+    unknown = unknown_given_parameters(node, cls)
+    if unknown:
+        raise ValueError(f'unknown parameter(s) {unknown}; {node.get_name()} knows '
+                         f'{sorted(f.name for f in dataclasses.fields(cls))}')
 
 
 def unknown_given_parameters(node: Node, cls: type, allowed_extra: tuple[str, ...] = ('use_sim_time',)) -> list[str]:
@@ -81,18 +95,6 @@ def unknown_given_parameters(node: Node, cls: type, allowed_extra: tuple[str, ..
     names = {f.name for f in dataclasses.fields(cls)} | set(allowed_extra)
     return sorted(n for n in given - names if not n.startswith('qos_overrides.')
                   and n != 'start_type_description_service')
-
-
-def _coerce(value: Any, hint: Any, name: str, optional: bool = False) -> Any:
-    if value is None:
-        return [] if typing.get_origin(hint) is list and not optional else value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f'parameter {name} must be a number, got {value!r}')
-        return float(value)
-    if isinstance(value, (list, tuple)) or typing.get_origin(hint) is list:
-        return list(value)
-    return value
 
 
 def load_params_file(path: str | Path, node_name: str) -> dict[str, Any]:
@@ -109,3 +111,14 @@ def load_params_file(path: str | Path, node_name: str) -> dict[str, Any]:
 def unknown_parameters(params: dict[str, Any], cls: type, allowed_extra: tuple[str, ...] = ('use_sim_time',)) -> list[str]:
     names = {f.name for f in dataclasses.fields(cls)} | set(allowed_extra)
     return sorted(set(params) - names)
+
+
+def declare_dynamic_parameters(node: Node, defaults: dict[str, tuple[Any, str]]) -> dict[str, Any]:
+    """Declare each of `defaults` ({name: (value, description)}) that the node has not declared yet, with
+    dynamic typing: `-p max_joint_step:=1` (an integer) is then validated by the config dataclass
+    (`config_loader`) instead of failing the whole node on a type mismatch. Returns every parameter the
+    node has, by name (for a node that also takes names it cannot know in advance, as scene.<name>.*)."""
+    for name, (value, help_text) in defaults.items():
+        if not node.has_parameter(name):
+            node.declare_parameter(name, value, ParameterDescriptor(description=help_text, dynamic_typing=True))
+    return {name: node.get_parameter(name).value for name in node.list_parameters([], 0).names}

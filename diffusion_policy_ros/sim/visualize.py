@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +90,10 @@ def denoising_traces(policy: Any, obs_window: dict[str, np.ndarray], *, ddpm_ste
         raise ValueError(f'viz-denoise needs a diffusion policy; this one is {getattr(_cfg(policy), "policy", "?")!r} '
                          f'(a BC policy regresses the chunk in one step: there is no denoising to show)')
     settings = _cfg(policy).sampler
-    common = dict(num_train_timesteps=settings.num_train_timesteps, beta_schedule=settings.beta_schedule,
-                  prediction_type=settings.prediction_type, clip_sample=settings.clip_sample,
-                  clip_sample_range=settings.clip_sample_range)
-    runs = [(f'DDPM, {ddpm_steps} steps', ddpm_steps,
-             build_sampler('ddpm', variance_type=settings.variance_type, num_inference_steps=ddpm_steps, **common)),
-            (f'DDIM, {ddim_steps} steps', ddim_steps,
-             build_sampler('ddim', eta=settings.eta, num_inference_steps=ddim_steps, **common))]
+    runs = [(f'DDPM, {ddpm_steps} steps', ddpm_steps, build_sampler(replace(
+                settings, kind='ddpm', timestep_spacing='leading', num_inference_steps=ddpm_steps))),
+            (f'DDIM, {ddim_steps} steps', ddim_steps, build_sampler(replace(
+                settings, kind='ddim', num_inference_steps=ddim_steps)))]
     batch = policy._window_to_batch(obs_window)
     original = policy.sampler
     traces = []

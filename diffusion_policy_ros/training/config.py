@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from diffusion_policy_ros.config_loader import ConfigError, from_mapping
 from diffusion_policy_ros.core.config import PolicyConfig
 from ..errors import UserError
 
@@ -23,7 +22,7 @@ DEVICES = ('auto', 'cpu', 'cuda')
 LR_SCHEDULES = ('cosine', 'constant', 'linear')
 
 
-class TrainConfigError(UserError, ValueError):
+class TrainConfigError(UserError, ConfigError):
     """A training config that cannot be used; the message names the file and the key."""
 
 
@@ -94,22 +93,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = '<dict>') -> 'TrainConfig':
-        if not isinstance(data, dict):
-            raise TrainConfigError(f'train config {source}: expected a mapping at top level, got {type(data).__name__}')
-        _reject_unknown(data, [f.name for f in dataclasses.fields(cls)], source, '')
-        sections: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = data.get(f.name) or {}
-            if not isinstance(raw, dict):
-                raise TrainConfigError(f'train config {source}: section {f.name!r} must be a mapping')
-            if f.name == 'policy':
-                try:
-                    sections[f.name] = PolicyConfig.from_dict(dict(raw))
-                except (TypeError, ValueError) as exc:
-                    raise TrainConfigError(f'train config {source}: policy: {exc}') from exc
-            else:
-                sections[f.name] = _section(_SECTIONS[f.name], raw, source, f.name)
-        cfg = cls(**sections)
+        if isinstance(data, dict):  # an empty section (`ema:`) is None in YAML: the defaults
+            data = {key: {} if value is None else value for key, value in data.items()}
+        try:
+            cfg = from_mapping(cls, data, f'train config {source}')
+        except ConfigError as exc:
+            raise TrainConfigError(str(exc)) from None
         cfg.validate(source)
         return cfg
 
@@ -154,12 +143,6 @@ class TrainConfig:
             raise bad('ema', f'inv_gamma and power must be > 0, got {e.inv_gamma}, {e.power}')
 
 
-_SECTIONS: dict[str, type] = {
-    'dataset': DatasetSection, 'optim': OptimSection, 'lr_schedule': LRScheduleSection,
-    'ema': EMASection, 'train': TrainSection,
-}
-
-
 class _Yaml12Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-4` as a float (YAML 1.2) instead of PyYAML's string."""
 
@@ -189,55 +172,6 @@ def load_yaml(path: str | Path) -> Any:
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read a train_*.yaml; every error names the file and the offending key."""
     return TrainConfig.from_dict(load_yaml(path) or {}, source=str(path))
-
-
-def _reject_unknown(data: dict, known: list[str], source: str, prefix: str) -> None:
-    unknown = sorted(str(k) for k in data if k not in known)
-    if unknown:
-        names = ', '.join(repr(prefix + k) for k in unknown)
-        raise TrainConfigError(f'train config {source}: unknown key(s) {names}; known keys: {", ".join(known)}')
-
-
-def _section(cls: type, data: dict, source: str, name: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _reject_unknown(data, list(fields), source, f'{name}.')
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for key, value in data.items():
-        values[key] = _coerce(value, hints[key], f'{name}.{key}', source)
-    return cls(**values)
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Check a YAML scalar against the field's type (int -> float is fine, str -> int is not)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if value is None and type(None) in args:
-        return None
-    if origin in (typing.Union, types.UnionType):
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], key, source)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif origin is tuple:
-        if isinstance(value, (list, tuple)):
-            return tuple(_coerce(v, args[0], key, source) for v in value)
-    elif origin is list:
-        if isinstance(value, (list, tuple)):
-            return [_coerce(v, args[0], key, source) for v in value]
-    else:  # pragma: no cover - a field type this module does not know
-        return value
-    raise TrainConfigError(f'train config {source}: {key}: expected {getattr(hint, "__name__", hint)}, '
-                           f'got {value!r}')
 
 
 def _jsonable(value: Any) -> Any:

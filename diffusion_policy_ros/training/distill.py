@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion_policy_ros.config_loader import ConfigError, from_mapping
 from diffusion_policy_ros.core.checkpoint import CheckpointError
 from diffusion_policy_ros.training import adapters
 from diffusion_policy_ros.training.config import TrainConfig, TrainConfigError, load_yaml
@@ -148,9 +149,9 @@ def distill_config(config: Path | None, teacher: nn.Module, saved: dict[str, Any
     if 'policy' in data and config is not None:
         raise TrainConfigError(f'distill config {source}: no policy section: the student is the teacher\'s network')
     try:
-        section = DistillSection(**(data.pop('distill', None) or {}))
-    except (TypeError, ValueError) as exc:
-        raise TrainConfigError(f'distill config {source}: distill: {exc}') from exc
+        section = from_mapping(DistillSection, data.pop('distill', None) or {}, f'distill config {source}', 'distill')
+    except ConfigError as exc:
+        raise TrainConfigError(str(exc)) from None
     data['policy'] = teacher.cfg.to_dict()
     return TrainConfig.from_dict(data, source=source), section
 
