@@ -15,6 +15,20 @@ import threading
 
 MAX_REALTIME_PRIORITY = 98  # 99 is the kernel's own (watchdogs, migration): never above it
 
+# Below ros2_control's controller manager (SCHED_FIFO 50 by default), which must preempt the nodes that
+# feed it; like it, the nodes try real time by default and carry on normally (with a warning) if refused.
+DEFAULT_REALTIME_PRIORITY = 20
+REALTIME_PRIORITY_HELP = (
+    f'SCHED_FIFO priority (1-{MAX_REALTIME_PRIORITY}) of the executor thread, which runs the control tick and '
+    'the checks; 0 = normal scheduling. Keeps it on time when sensors and inference fill the CPU '
+    '(diffusion_policy_ros.scheduling); needs root, CAP_SYS_NICE or an rtprio limit, else a warning')
+
+
+def check_realtime_priority(priority: int) -> None:
+    if not 0 <= priority <= MAX_REALTIME_PRIORITY:
+        raise ValueError(f'parameter realtime_priority must be 0 (normal scheduling) or 1-{MAX_REALTIME_PRIORITY}, '
+                         f'got {priority}')
+
 
 def use_realtime_priority(priority: int) -> str | None:
     """Run the calling thread under SCHED_FIFO at `priority` (1-98). None when it does; otherwise why

@@ -11,7 +11,7 @@ from diffusion_policy_ros.control.chunks import ExecutorConfig
 from diffusion_policy_ros.control.controller import ControllerConfig, PolicyController
 from diffusion_policy_ros.control.health import HealthState, HoldCode, HoldReason
 from diffusion_policy_ros.control.limits import JointLimits
-from diffusion_policy_ros.control.measurement import MeasurementRules, check_joint_state
+from diffusion_policy_ros.control.measurement import LatestJointPositions, MeasurementRules, check_joint_state
 
 JOINTS = ('j1', 'j2')
 LIMITS = JointLimits(JOINTS, lower=[-1.0, -2.0], upper=[1.0, 2.0], max_velocity=[0.5, 0.5])
@@ -80,6 +80,25 @@ def run(controller, now, ticks, state=None):
             controller.worker._step()  # the worker's step, inline: deterministic
         results.append(result)
     return results
+
+
+def test_the_guards_joint_positions_keep_each_joints_last_trusted_value_and_say_when_it_is_too_old():
+    joints = LatestJointPositions(LIMITS, RULES, '/js', max_age_s=0.5)
+    second = 1_000_000_000
+    assert joints.latest(10 * second, 10.0) == ({}, "no joint state for ['j1', 'j2'] on /js yet")
+    assert joints.update(['j1'], [0.2], 10.0, 10 * second, 10.0) is None  # one publisher per joint is fine
+    assert 'j2' in joints.latest(10 * second, 10.0)[1]
+    assert joints.update(['j2'], [0.3], 0.0, 10 * second, 10.0) is None  # unstamped: judged by arrival
+    assert joints.latest(10 * second, 10.2) == ({'j1': 0.2, 'j2': 0.3}, None)
+    bad = joints.update(['j1'], [float('nan')], 10.1, 10 * second, 10.1)
+    assert bad.code is HoldCode.NON_FINITE and joints.rejected == 1 and 'j1' in joints.last_problem
+    assert joints.latest(10 * second, 10.2)[0]['j1'] == 0.2  # the bad value was never stored
+    positions, problem = joints.latest(int(10.7 * second), 10.2)
+    assert positions == {'j1': 0.2, 'j2': 0.3} and 'old by its arrival' in problem
+    joints.update(['j2'], [0.3], 0.0, int(10.7 * second), 10.6)
+    joints.update(['j1'], [0.2], 10.0, int(10.7 * second), 10.6)  # arrives now, stamped 0.6 s ago
+    problem = joints.latest(int(10.7 * second), 10.6)[1]
+    assert 'j1' in problem and 'old by its stamp' in problem
 
 
 @pytest.mark.parametrize('bad', [

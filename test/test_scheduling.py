@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from diffusion_policy_ros.control.inference_worker import InferenceWorker
-from diffusion_policy_ros.nodes.lifecycle import check_realtime_priority
-from diffusion_policy_ros.scheduling import MAX_REALTIME_PRIORITY, use_normal_scheduling, use_realtime_priority
+from diffusion_policy_ros.scheduling import (MAX_REALTIME_PRIORITY, check_realtime_priority, use_normal_scheduling,
+                                             use_realtime_priority)
 from diffusion_policy_ros.worker_thread import LatestJobThread
 
 WAIT = 10.0
@@ -111,7 +111,7 @@ def test_inference_worker_thread_drops_an_inherited_realtime_policy():
 
 
 def test_the_guard_refuses_an_out_of_range_priority_by_name():
-    from diffusion_policy_ros.nodes.collision_guard_node import GuardNodeParams
+    from diffusion_policy_ros.collision.config import GuardNodeParams
     with pytest.raises(ValueError, match='realtime_priority .* got 99'):
         GuardNodeParams(realtime_priority=99)
     assert GuardNodeParams().realtime_priority == 20

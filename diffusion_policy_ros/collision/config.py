@@ -1,15 +1,21 @@
-"""The collision guard's parameters: one dataclass that the params file and the node both read.
+"""The collision guard's parameters: what to check and how to plan (`CollisionGuardConfig`) and the
+node's own (`GuardNodeParams`: topics, robot model, rates); the params file and the node read both.
 
 ROS parameters are flat and typed (no lists of dicts), so scene objects are spelled
 `scene.object_names: [table, ...]` plus `scene.<name>.shape / .size / .pose`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from diffusion_policy_ros.config_loader import from_mapping
+from diffusion_policy_ros.control.measurement import MeasurementRules
+from diffusion_policy_ros.scheduling import DEFAULT_REALTIME_PRIORITY, REALTIME_PRIORITY_HELP, check_realtime_priority
 
 from .scene import Scene, SceneObject
 
@@ -92,7 +98,7 @@ class CollisionGuardConfig:
             if key in _ROS_BUILTIN or key.startswith('qos_overrides.'):
                 continue
             if key in known:
-                values[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+                values[key] = value
             elif key.startswith('scene.'):
                 scene_keys[key[len('scene.'):]] = value
             else:
@@ -106,7 +112,7 @@ class CollisionGuardConfig:
         if scene_keys:
             raise ValueError(f'scene parameters {sorted("scene." + k for k in scene_keys)} belong to no '
                              f'object in scene.object_names {object_names}')
-        return cls(**values, scene_objects=tuple(objects))
+        return dataclasses.replace(from_mapping(cls, values, 'parameter'), scene_objects=tuple(objects))
 
     @classmethod
     def from_params_file(cls, path: str | Path, node_name: str = NODE_NAME) -> CollisionGuardConfig:
@@ -133,3 +139,81 @@ def _flatten(nested: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+@dataclass
+class GuardNodeParams:
+    """The node's own parameters (topics, robot model, rates); what to check and how to plan is
+    `CollisionGuardConfig`'s (backend, max_joint_step, padding, limits, budget, scene.*)."""
+
+    robot_description: str = field(default='', metadata={
+        'help': 'URDF (XML string) of the robot; empty = the bundled Panda (example-robot-data) with its SRDF'})
+    robot_description_semantic: str = field(default='', metadata={
+        'help': 'SRDF (XML string) for disabled collision pairs; empty = adjacent links are not checked'})
+    input_topic: str = field(default='/policy/joint_trajectory', metadata={
+        'help': "the policy's proposed trajectories (trajectory_msgs/JointTrajectory)"})
+    joint_states_topic: str = '/joint_states'
+    output_topic: str = field(default='/arm_controller/joint_trajectory', metadata={
+        'help': 'checked trajectories for the arm controller'})
+    scene_topic: str = field(default='/collision_scene', metadata={
+        'help': 'visualization_msgs/MarkerArray of obstacles (CUBE, SPHERE, CYLINDER), in scene_frame'})
+    scene_frame: str = field(default='', metadata={
+        'help': "frame of the scene markers; empty = the URDF's root link (markers in other frames are ignored)"})
+    max_joint_state_age_s: float = field(default=0.5, metadata={
+        'help': 'chunks are rejected (the arm holds) when a joint state is older than this; 0 = no limit'})
+    joint_limit_tolerance: float = field(default=MeasurementRules.limit_tolerance, metadata={
+        'help': 'rad a measured joint may lie outside its URDF limits; a joint state further out is rejected'})
+    future_stamp_tolerance_s: float = field(default=MeasurementRules.future_tolerance_s, metadata={
+        'help': 's a joint state stamp may lie ahead of the node clock; one further ahead is rejected'})
+    diagnostics_rate_hz: float = 1.0
+    autostart: bool = field(default=True, metadata={'help': 'configure and activate on start-up'})
+    realtime_priority: int = field(default=DEFAULT_REALTIME_PRIORITY, metadata={'help': REALTIME_PRIORITY_HELP})
+
+    def __post_init__(self) -> None:
+        if not self.diagnostics_rate_hz > 0:
+            raise ValueError(f'parameter diagnostics_rate_hz must be > 0, got {self.diagnostics_rate_hz}')
+        if not self.max_joint_state_age_s >= 0:
+            raise ValueError(f'parameter max_joint_state_age_s must be >= 0, got {self.max_joint_state_age_s}')
+        check_realtime_priority(self.realtime_priority)
+        self.rules  # noqa: B018 - validates the tolerances
+
+    @classmethod
+    def from_ros_parameters(cls, params: Mapping[str, Any]) -> GuardNodeParams:
+        """The node's own parameters out of all it was given (types checked by `config_loader`)."""
+        return from_mapping(cls, {f.name: params[f.name] for f in fields(cls) if f.name in params}, 'parameter')
+
+    @property
+    def rules(self) -> MeasurementRules:
+        """Which joint states the guard trusts (control.measurement)."""
+        return MeasurementRules(self.joint_limit_tolerance, self.future_stamp_tolerance_s)
+
+
+def guard_node_parameters() -> type:
+    """Every top-level key a params file may give the node, as one dataclass (what bring-up and the
+    params-file test read): the node's own parameters, the guard's (CollisionGuardConfig, minus its
+    parsed `scene_objects`) and `scene` (scene.object_names, scene.<name>.*)."""
+    def copy(f: dataclasses.Field) -> tuple[str, Any, dataclasses.Field]:
+        return f.name, f.type, field(default=f.default, default_factory=f.default_factory, metadata=f.metadata)
+
+    own = [copy(f) for f in fields(GuardNodeParams)]
+    guard = [copy(f) for f in fields(CollisionGuardConfig) if f.name != 'scene_objects']
+    scene = [('scene', dict, field(default_factory=dict, metadata={
+        'help': 'scene.object_names: [names]; scene.<name>.shape / .size / .pose / .padding'}))]
+    return dataclasses.make_dataclass('CollisionGuardNodeParameters', own + guard + scene)
+
+
+def guard_parameter_defaults() -> dict[str, tuple[Any, str]]:
+    """{name: (default, description)} of every parameter the node declares up front (scene.<name>.*
+    come from the params file)."""
+    defaults = {f.name: (f.default, f.metadata.get('help', '')) for f in fields(GuardNodeParams)}
+    for name, value in CollisionGuardConfig().ros_parameters().items():
+        defaults[name] = (value, f'see diffusion_policy_ros.collision.config.CollisionGuardConfig.{name}')
+    return defaults
+
+
+def read_guard_parameters(values: Mapping[str, Any]) -> tuple[GuardNodeParams, CollisionGuardConfig]:
+    """The node's own parameters and the guard's config out of all the node's parameter values; a name
+    neither knows is refused by CollisionGuardConfig."""
+    own = {f.name for f in fields(GuardNodeParams)}
+    config = {k: v for k, v in values.items() if k not in own and v is not None}
+    return GuardNodeParams.from_ros_parameters(values), CollisionGuardConfig.from_ros_parameters(config)

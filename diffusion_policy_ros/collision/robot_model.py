@@ -100,6 +100,18 @@ class RobotModel:
                 geometry.removeCollisionPair(pair)
         return cls(model, geometry)
 
+    @classmethod
+    def from_parameters(cls, robot_description: str = '', robot_description_semantic: str = ''
+                        ) -> tuple[RobotModel, str]:
+        """A node's robot: the URDF it was given (with its SRDF, if any), else the bundled Panda with its
+        SRDF. Also returns where it came from, for the log."""
+        if robot_description:
+            return cls.from_urdf(robot_description, robot_description_semantic or None), 'robot_description'
+        from diffusion_policy_ros.robot_description import panda_description
+        description = panda_description()
+        model = cls.from_urdf(description.urdf_text(), robot_description_semantic or description.srdf_text())
+        return model, f'the bundled Panda ({description.urdf_path})'
+
     @property
     def nq(self) -> int:
         return self.model.nq

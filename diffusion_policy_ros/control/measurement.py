@@ -8,6 +8,7 @@ guard keeps each joint's last trusted value and refuses chunks once that is too 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,3 +95,56 @@ def check_joint_state(names: Sequence[str], positions: Sequence[float], stamp: f
                               f'[{limits.lower[i]:.4f}, {limits.upper[i]:.4f}] by more than limit_tolerance '
                               f'{rules.limit_tolerance:g}', topic)
     return tuple(known), picked
+
+
+class LatestJointPositions:
+    """The guard's view of the arm: each joint's last trusted position, when it arrived and how it was
+    stamped, fed from any number of joint-state publishers (the guard may hear an arm and a gripper
+    separately). Thread-safe: messages come in on one thread and chunks are checked on others."""
+
+    def __init__(self, limits: JointLimits, rules: MeasurementRules, topic: str, max_age_s: float) -> None:
+        if not max_age_s >= 0:
+            raise ValueError(f'max_joint_state_age_s must be >= 0, got {max_age_s}')
+        self.limits, self.rules, self.topic, self.max_age_s = limits, rules, topic, max_age_s
+        self._lock = threading.Lock()
+        # joint -> (position, arrival in ns since the epoch, header stamp in clock seconds or 0)
+        self._joints: dict[str, tuple[float, int, float]] = {}
+        self.rejected = 0
+        self.last_problem = ''
+
+    def update(self, names: Sequence[str], positions: Sequence[float], stamp: float, arrived_ns: int,
+               now_s: float) -> HoldReason | None:
+        """Store a message's joints (None), or count and return why it cannot be trusted (nothing stored).
+        `stamp` 0: unstamped (judged by its arrival alone)."""
+        checked = check_joint_state(names, positions, stamp or now_s, now_s, self.limits, self.topic, self.rules,
+                                    require_all=False)
+        with self._lock:
+            if isinstance(checked, HoldReason):
+                self.rejected += 1
+                self.last_problem = str(checked)
+                return checked
+            for name, position in zip(*checked):
+                self._joints[name] = (float(position), arrived_ns, stamp)
+        return None
+
+    def latest(self, now_ns: int, now_s: float) -> tuple[dict[str, float], str | None]:
+        """Every joint's latest position, and why they cannot be trusted (or None): a joint never heard
+        of, or one whose latest state arrived, or is stamped, more than `max_age_s` ago."""
+        with self._lock:
+            joints = dict(self._joints)
+        positions = {name: value[0] for name, value in joints.items()}
+        missing = [n for n in self.limits.names if n not in joints]
+        if missing:
+            return positions, f'no joint state for {missing} on {self.topic} yet'
+        limit = self.max_age_s
+        if limit > 0:
+            for name in self.limits.names:
+                _, arrived_ns, stamp = joints[name]
+                age = (now_ns - arrived_ns) * 1e-9
+                if age > limit:
+                    return positions, (f'joint state of {name} on {self.topic} is {age:.2f} s old by its arrival '
+                                       f'(max_joint_state_age_s {limit:g})')
+                if stamp > 0 and now_s - stamp > limit:
+                    return positions, (f'joint state of {name} on {self.topic} is {now_s - stamp:.2f} s old by '
+                                       f'its stamp (max_joint_state_age_s {limit:g})')
+        return positions, None

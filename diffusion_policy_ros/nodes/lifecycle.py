@@ -46,21 +46,6 @@ def stop_taking_signals() -> None:
     ignore_stop_signals()
 
 
-# Below ros2_control's controller manager (SCHED_FIFO 50 by default), which must preempt the nodes that
-# feed it; like it, the nodes try real time by default and carry on normally (with a warning) if refused.
-DEFAULT_REALTIME_PRIORITY = 20
-REALTIME_PRIORITY_HELP = (
-    f'SCHED_FIFO priority (1-{MAX_REALTIME_PRIORITY}) of the executor thread, which runs the control tick and '
-    'the checks; 0 = normal scheduling. Keeps it on time when sensors and inference fill the CPU '
-    '(diffusion_policy_ros.scheduling); needs root, CAP_SYS_NICE or an rtprio limit, else a warning')
-
-
-def check_realtime_priority(priority: int) -> None:
-    if not 0 <= priority <= MAX_REALTIME_PRIORITY:
-        raise ValueError(f'parameter realtime_priority must be 0 (normal scheduling) or 1-{MAX_REALTIME_PRIORITY}, '
-                         f'got {priority}')
-
-
 def spin_lifecycle_node(node: LifecycleNode, autostart: bool, realtime_priority: int = 0) -> int:
     """Spin `node` until Ctrl-C. With `autostart` it configures and activates itself (so the
     executable alone runs); if configure fails it stays up, unconfigured, waiting for transitions from
