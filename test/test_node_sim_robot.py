@@ -449,12 +449,18 @@ def test_sigint_stops_the_node_cleanly(sim):
     assert 'Traceback' not in output, output
 
 
-def test_bad_parameters_stop_the_node_with_a_message_naming_them():
-    proc = start_node('task:=fly')
+@pytest.mark.parametrize('params, words', [
+    (['task:=fly'], ["task 'fly'", 'reach_around']),
+    (['task:=pick_place', 'camera_rate:=15.0'], ["unknown parameter(s) ['camera_rate']", 'camera_rate_hz']),
+], ids=['bad_value', 'misspelt_name'])
+def test_bad_parameters_stop_the_node_with_a_message_naming_them(params, words):
+    """A wrong value, or a name the node does not know (ROS would ignore it silently), stops the node
+    with a message naming it and what is known."""
+    proc = start_node(*params)
     try:
         assert proc.wait(timeout=60) == 1
         output = _node_output(proc)
-        assert "task 'fly'" in output and 'reach_around' in output, output
+        assert all(w in output for w in words), output
     finally:
         if proc.poll() is None:
             proc.kill()

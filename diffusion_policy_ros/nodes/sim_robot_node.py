@@ -36,7 +36,7 @@ from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.lifecycle import stop_taking_signals
 from diffusion_policy_ros.nodes.messages import (MessageError, make_image, make_joint_state, parse_command,
                                                  scene_markers, seconds_to_stamp)
-from diffusion_policy_ros.nodes.params import declare_parameters
+from diffusion_policy_ros.nodes.params import declare_parameters, refuse_unknown_parameters
 from diffusion_policy_ros.robot_description import PANDA_JOINTS
 from diffusion_policy_ros.sim.arm import SimArm, SimConfig
 from diffusion_policy_ros.sim.model import ALL_TASKS
@@ -129,6 +129,7 @@ class SimRobotNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.params = declare_parameters(self, SimRobotParams)
+        refuse_unknown_parameters(self, SimRobotParams)
         p = self.params
         cameras = ('scene', 'wrist') if p.wrist_camera else ('scene',)
         rates = {'joint_state': p.joint_state_rate_hz, 'image': p.camera_rate_hz, 'scene': p.scene_rate_hz}
