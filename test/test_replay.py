@@ -22,6 +22,7 @@ from diffusion_policy_ros.data.replay_metrics import (BagReference, DiagnosticSa
                                                       ReplayInputError, ReplayTopics, TrajectorySeries,
                                                       action_errors, check_bag, guard_summary, hold_summary,
                                                       latency_summary, match_nearest)
+from diffusion_policy_ros.data import replay_plan
 from diffusion_policy_ros.nodes import replay
 from diffusion_policy_ros.robot_description import PANDA_HOME, PANDA_JOINTS
 
@@ -197,30 +198,30 @@ def test_checkpoint_with_more_cameras_than_topics_is_refused(tmp_path, camera_ch
     params = tmp_path / 'two_cams.yaml'
     params.write_text('policy_node:\n  ros__parameters:\n    camera_topics: [/a, /b]\n')
     with pytest.raises(ReplayInputError, match=r"camera_topics \['/a', '/b'\].*expects 1 camera"):
-        replay.plan_replay(replay.ReplayConfig(bag=tmp_path, params=str(params), checkpoint=str(camera_checkpoint)))
+        replay_plan.plan_replay(replay_plan.ReplayConfig(bag=tmp_path, params=str(params), checkpoint=str(camera_checkpoint)))
 
 
 def test_plan_wires_guard_sim_time_and_state_only_checkpoint(tmp_path, state_checkpoint):
-    plan = replay.plan_replay(replay.ReplayConfig(bag=tmp_path, checkpoint=str(state_checkpoint),
+    plan = replay_plan.plan_replay(replay_plan.ReplayConfig(bag=tmp_path, checkpoint=str(state_checkpoint),
                                                   overrides=['policy_node.torch_threads:=1']))
     guard, policy = plan.launches
     assert (guard.executable, policy.executable) == ('collision_guard_node', 'policy_node')
-    policy_params = replay.effective_parameters(policy)
+    policy_params = replay_plan.effective_parameters(policy)
     assert policy_params['use_sim_time'] is True and policy_params['torch_threads'] == 1
-    assert policy_params['output_topic'] == replay.GUARDED_POLICY_TOPIC
+    assert policy_params['output_topic'] == replay_plan.GUARDED_POLICY_TOPIC
     assert policy_params['camera_topics'] == [] and plan.topics.camera_topics == ()
     assert any('observes no camera' in note for note in plan.notes)
     assert policy_params['checkpoint'] == str(state_checkpoint.resolve())
-    guard_params = replay.effective_parameters(guard)
-    assert guard_params['input_topic'] == replay.GUARDED_POLICY_TOPIC and guard_params['use_sim_time'] is True
-    assert plan.policy_topic == replay.GUARDED_POLICY_TOPIC and plan.guard_topic == COMMANDS
+    guard_params = replay_plan.effective_parameters(guard)
+    assert guard_params['input_topic'] == replay_plan.GUARDED_POLICY_TOPIC and guard_params['use_sim_time'] is True
+    assert plan.policy_topic == replay_plan.GUARDED_POLICY_TOPIC and plan.guard_topic == COMMANDS
 
-    unguarded = replay.plan_replay(replay.ReplayConfig(bag=tmp_path, checkpoint=str(state_checkpoint), guard=False))
+    unguarded = replay_plan.plan_replay(replay_plan.ReplayConfig(bag=tmp_path, checkpoint=str(state_checkpoint), guard=False))
     assert [launch.executable for launch in unguarded.launches] == ['policy_node']
     assert unguarded.policy_topic == COMMANDS and unguarded.guard_topic is None
     # the demonstrated commands are the reference, never played into the graph the nodes publish on
     bag = _small_bag(tmp_path / 'bag')
-    assert set(replay.topics_to_play(check_bag(bag, unguarded.topics), unguarded)) == {CAMERA, '/joint_states'}
+    assert set(replay_plan.topics_to_play(check_bag(bag, unguarded.topics), unguarded)) == {CAMERA, '/joint_states'}
 
 
 # ---------------------------------------------------------------------- metric definitions on known data
@@ -372,8 +373,8 @@ def test_replay_through_policy_and_guard_records_and_scores(tmp_path, episode_ba
     for item in read_messages(out / 'recorded'):
         recorded.setdefault(item.topic, []).append(item.msg)
     assert {t: len(m) for t, m in recorded.items()} == report['recorded_topics']
-    assert len(recorded[replay.GUARDED_POLICY_TOPIC]) == report['policy_outputs']
-    assert all(list(m.joint_names) == list(PANDA_JOINTS) for m in recorded[replay.GUARDED_POLICY_TOPIC])
+    assert len(recorded[replay_plan.GUARDED_POLICY_TOPIC]) == report['policy_outputs']
+    assert all(list(m.joint_names) == list(PANDA_JOINTS) for m in recorded[replay_plan.GUARDED_POLICY_TOPIC])
     assert any(s.name.endswith(': collision guard') for m in recorded['/diagnostics'] for s in m.status)
     for png in ('joints.png', 'latency.png'):
         assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -26,366 +26,28 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
-import itertools
 import signal
 import sys
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from diffusion_policy_ros.data.bags import TYPESTORE, BagError, BagWriter, find_bags, read_messages
-from diffusion_policy_ros.data.replay_metrics import (DIAGNOSTICS_TYPE, GUARD_STATUS_SUFFIX, BagReference,
-                                                      DiagnosticSample, ReplayInputError, ReplayTopics, check_bag,
-                                                      compute_report, load_recorded, write_plots, write_report)
+from diffusion_policy_ros.data.bags import BagError, BagWriter, find_bags
+from diffusion_policy_ros.data.replay_metrics import (ReplayInputError, check_bag, compute_report, load_recorded,
+                                                      write_plots, write_report)
+from diffusion_policy_ros.data.replay_plan import (DEFAULT_COMMAND_TOPIC, RECORDED_BAG, ReplayConfig, output_dirs,
+                                                   plan_replay, summary_lines, topics_to_play)
 from diffusion_policy_ros.data.replay_scores import (ReplayThresholds, add_scores, format_or_na, suite_verdict,
-                                                     summary_row, summary_table, verdict_lines)
+                                                     summary_row, summary_table)
+from diffusion_policy_ros.nodes.playback import PlaybackStats, Player, Recorder, wait_for
 
-GUARDED_POLICY_TOPIC = '/policy/joint_trajectory'  # what the guard reads (config/sim.yaml, config/robot.yaml)
-DEFAULT_COMMAND_TOPIC = '/arm_controller/joint_trajectory'
-RECORDED_BAG = 'recorded'
-# Topics a bag may hold that must not be played back: the graph has its own publishers for them.
-NEVER_PLAYED = ('/clock', '/diagnostics', '/rosout', '/parameter_events')
 EXIT_REFUSED, EXIT_FAILED = 2, 1
-REPLAY_NOISE_SEED = 1  # policy_node.seed of the nodes a replay starts, unless --set says otherwise
 EXIT_CODES = ('exit codes: 0 PASS (of the bag, or of the set of bags), or stopped by SIGINT/SIGTERM (report.json '
               'says interrupted); 1 FAIL, or the nodes failed; 2 a bag, the params or the checkpoint do not fit')
 
 
-@dataclass
-class ReplayConfig:
-    """Everything `dp-ros replay` takes; `from_args` maps the command line onto it."""
-
-    bag: Path
-    params: str = 'config/policy.yaml'
-    out: Path | None = None  # default: replays/<bag name>
-    checkpoint: str | None = None  # overrides the params file's
-    rate: float = 1.0
-    guard: bool = True
-    connect: bool = False
-    command_topic: str = DEFAULT_COMMAND_TOPIC
-    guard_params: str = 'config/collision_guard.yaml'  # used when --params is not a bring-up file
-    overrides: list[str] = field(default_factory=list)  # NODE.PARAM:=VALUE
-    clock_hz: float = 100.0  # /clock messages per second of bag time between message stamps
-    storage: str = 'mcap'
-    discovery_timeout_s: float = 30.0  # per wait: nodes on the input topics, on /clock, their publishers
-    drain_s: float = 1.0  # wall time to wait for the nodes' last messages after the bag ends
-    verbose: bool = False  # the nodes' logs on the terminal too (they always go to OUT_DIR/nodes.log)
-    thresholds: ReplayThresholds = field(default_factory=ReplayThresholds)  # what PASS needs
-
-    def __post_init__(self) -> None:
-        self.bag = Path(self.bag)
-        if not self.rate > 0:
-            raise ValueError(f'--rate must be > 0, got {self.rate}')
-        if not self.clock_hz > 0:
-            raise ValueError(f'--clock-hz must be > 0, got {self.clock_hz}')
-        if not any(o.startswith('policy_node.seed:=') for o in self.overrides):
-            # A replay is a test: the same checkpoint on the same bag samples the same noise (a
-            # bimodal policy may otherwise take the other way on one run and not the next).
-            self.overrides = [*self.overrides, f'policy_node.seed:={REPLAY_NOISE_SEED}']
-        for override in self.overrides:
-            node, _, rest = override.partition('.')
-            if node not in ('policy_node', 'collision_guard_node') or ':=' not in rest:
-                raise ValueError(f'--set {override!r}: expected policy_node.PARAM:=VALUE or '
-                                 f'collision_guard_node.PARAM:=VALUE')
-
-    @property
-    def out_dir(self) -> Path:
-        return self.out if self.out is not None else Path('replays') / self.bag.name
-
-
-# ---------------------------------------------------------------------- planning (no node runs yet)
-@dataclass
-class ReplayPlan:
-    launches: list[Any]  # bringup.NodeLaunch, in start order; empty with --connect
-    policy_params: dict[str, Any]  # effective parameters of policy_node
-    checkpoint: Path
-    topics: ReplayTopics
-    policy_topic: str  # where the policy's trajectories appear
-    guard_topic: str | None  # where the guard's appear (None: --no-guard)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def recorded_topics(self) -> dict[str, str]:
-        """topic -> type of what the nodes publish and the replay records."""
-        topics = {self.policy_topic: 'trajectory_msgs/msg/JointTrajectory', '/diagnostics': DIAGNOSTICS_TYPE}
-        if self.guard_topic is not None:
-            topics[self.guard_topic] = 'trajectory_msgs/msg/JointTrajectory'
-        for launch in self.launches:
-            topics[f'/{launch.executable}/transition_event'] = 'lifecycle_msgs/msg/TransitionEvent'
-        return topics
-
-
-def _params_overrides(args: list[str]) -> dict[str, Any]:
-    values = {}
-    for flag, value in zip(args, args[1:]):
-        if flag == '-p':
-            name, _, text = value.partition(':=')
-            values[name] = yaml.safe_load(text) if text else ''
-    return values
-
-
-def effective_parameters(launch: Any) -> dict[str, Any]:
-    """What the node will read: its params files in order, then the `-p` overrides."""
-    from diffusion_policy_ros.nodes.params import load_params_file
-    merged: dict[str, Any] = {}
-    for path in launch.params_files:
-        merged.update(load_params_file(path, launch.executable))
-    merged.update(_params_overrides(launch.extra_args))
-    return merged
-
-
-def _node_launches(cfg: ReplayConfig) -> tuple[Any, Any | None]:
-    """(policy_node, collision_guard_node) launches from a bring-up file or a plain params file."""
-    from diffusion_policy_ros.nodes.bringup import NodeLaunch, plan_bringup, resolve_config
-    config = resolve_config(cfg.params)
-    data = yaml.safe_load(config.read_text()) or {}
-    if isinstance(data, dict) and 'bringup' in data:
-        launches = {launch.executable: launch for launch in plan_bringup(config, cfg.overrides)}
-        if 'policy_node' not in launches:
-            raise ReplayInputError(f'{config}: the bring-up file starts no policy_node')
-        guard = launches.get('collision_guard_node')
-        if guard is None and cfg.guard:
-            guard = NodeLaunch('collision_guard_node', [resolve_config(cfg.guard_params)],
-                               _node_overrides(cfg.overrides, 'collision_guard_node'))
-        return launches['policy_node'], guard
-    if 'policy_node' not in data and '/**' not in data:
-        raise ReplayInputError(f'{config}: no policy_node.ros__parameters section (is it a params file?)')
-    policy = NodeLaunch('policy_node', [config], _node_overrides(cfg.overrides, 'policy_node'))
-    guard = NodeLaunch('collision_guard_node', [resolve_config(cfg.guard_params)],
-                       _node_overrides(cfg.overrides, 'collision_guard_node'))
-    return policy, guard
-
-
-def _node_overrides(overrides: list[str], node: str) -> list[str]:
-    return [a for o in overrides if o.startswith(node + '.') for a in ('-p', o[len(node) + 1:])]
-
-
-def _set(launch: Any, **values: Any) -> None:
-    for name, value in values.items():
-        text = ('[' + ','.join(map(str, value)) + ']') if isinstance(value, (list, tuple)) else (
-            ('true' if value else 'false') if isinstance(value, bool) else str(value))
-        launch.extra_args += ['-p', f'{name}:={text}']
-
-
-def plan_replay(cfg: ReplayConfig) -> ReplayPlan:
-    """Resolve params files, checkpoint and topics; raise `ReplayInputError` (or `CheckpointError`,
-    `FileNotFoundError`) naming what does not fit. Starts nothing."""
-    from diffusion_policy_ros.core.checkpoint import fit_camera_topics, read_checkpoint_config
-    from diffusion_policy_ros.core.config import PolicyConfig
-    from diffusion_policy_ros.nodes.policy_node import PolicyNodeParams
-    from diffusion_policy_ros.paths import package_path
-
-    policy, guard = _node_launches(cfg)
-    notes: list[str] = []
-    defaults = {f: getattr(PolicyNodeParams(), f) for f in PolicyNodeParams.__dataclass_fields__}
-    params = {**defaults, **effective_parameters(policy)}
-    if cfg.checkpoint is not None:
-        params['checkpoint'] = str(Path(cfg.checkpoint).expanduser().resolve())
-    checkpoint = package_path(str(params['checkpoint']))
-    ckpt = read_checkpoint_config(checkpoint)
-    checkpoint_rate = 1.0 / PolicyConfig.from_dict(ckpt['policy_config']).execution.control_period_s
-    if params.get('control_rate_hz') is None:  # unset: the node runs at the checkpoint's rate
-        params['control_rate_hz'] = checkpoint_rate
-    observed = list(ckpt['observation_spec'].get('joint_names', []))
-    action = list(ckpt['action_spec'].get('joint_names', []))
-    try:
-        camera_topics, note = fit_camera_topics(list(params.get('camera_topics') or []),
-                                                ckpt['observation_spec'].get('camera_keys', []), checkpoint)
-    except ValueError as err:
-        raise ReplayInputError(f'{err} (params {cfg.params}): set policy_node.camera_topics') from None
-    if note:
-        notes.append(note)
-    params['camera_topics'] = camera_topics
-    policy_topic = GUARDED_POLICY_TOPIC if cfg.guard else str(params['output_topic'])
-    guard_topic = None
-    if cfg.guard:
-        guard_params = effective_parameters(guard)
-        from diffusion_policy_ros.nodes.collision_guard_node import GuardNodeParams
-        guard_topic = str(guard_params.get('output_topic', GuardNodeParams().output_topic))
-    topics = ReplayTopics(tuple(camera_topics), str(params['joint_states_topic']), cfg.command_topic,
-                          tuple(observed), tuple(action))
-    launches: list[Any] = []
-    if not cfg.connect:
-        # the node's diagnostics at the control rate give one latency sample per chunk (replay_metrics)
-        policy.extra_args = ['-p', f'diagnostics_rate_hz:={float(params["control_rate_hz"])}'] + policy.extra_args
-        _set(policy, use_sim_time=True)
-        if cfg.checkpoint is not None:
-            _set(policy, checkpoint=params['checkpoint'])
-        if not camera_topics:
-            policy.extra_args += ['-p', 'camera_topics:=[]']
-        launches.append(policy)
-        if cfg.guard:
-            guard.extra_args = ['-p', 'diagnostics_rate_hz:=5.0'] + guard.extra_args
-            _set(guard, use_sim_time=True, input_topic=GUARDED_POLICY_TOPIC,
-                 joint_states_topic=topics.joint_states_topic)
-            _set(policy, output_topic=GUARDED_POLICY_TOPIC)
-            launches.insert(0, guard)  # the guard listens before the policy proposes
-    params['output_topic'] = policy_topic
-    return ReplayPlan(launches, params, checkpoint, topics, policy_topic, guard_topic, notes)
-
-
-def topics_to_play(reference: BagReference, plan: ReplayPlan) -> dict[str, str]:
-    """Bag topics published into the graph: all but the reference commands and the nodes' own topics."""
-    skip = {*NEVER_PLAYED, plan.topics.command_topic, *plan.recorded_topics}
-    return {topic: msgtype for topic, (msgtype, _) in reference.topics.items() if topic not in skip}
-
-
-def message_class(msgtype: str) -> type:
-    """The rclpy class of 'pkg/msg/Type' (raises ImportError/AttributeError for unknown types)."""
-    package, kind, name = msgtype.split('/')
-    return getattr(importlib.import_module(f'{package}.{kind}'), name)
-
-
-# ---------------------------------------------------------------------- recording
-class Recorder:
-    """Raw subscriptions to the nodes' topics; each message is written to the output bag on arrival,
-    stamped with the replay clock (as `ros2 bag record --use-sim-time` would)."""
-
-    def __init__(self, node: Any, writer: BagWriter, topics: dict[str, str], clock_ns: Any) -> None:
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        self.writer = writer
-        self.clock_ns = clock_ns
-        self.counts: Counter[str] = Counter()
-        self.last_received: dict[str, float] = {}
-        self.guard_before_playback: DiagnosticSample | None = None
-        self.playing = False
-        self.failures: list[str] = []
-        self._lock = threading.Lock()
-        self._open = True
-        self.subscriptions = {}
-        for topic, msgtype in topics.items():
-            self.subscriptions[topic] = node.create_subscription(
-                message_class(msgtype), topic, lambda raw, t=topic, m=msgtype: self._on_message(t, m, raw),
-                QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE), raw=True)
-
-    def _on_message(self, topic: str, msgtype: str, raw: bytes) -> None:
-        try:
-            msg = TYPESTORE.deserialize_cdr(raw, msgtype)
-        except Exception as err:  # noqa: BLE001 - keep recording the other topics
-            self.failures.append(f'{topic}: cannot deserialise a {msgtype}: {err!r}')
-            return
-        with self._lock:
-            if not self._open:
-                return
-            self.writer.write(topic, msgtype, msg, self.clock_ns())
-            self.counts[topic] += 1
-            self.last_received[topic] = time.monotonic()
-            if msgtype == DIAGNOSTICS_TYPE and not self.playing:
-                for status in msg.status:
-                    if status.name.endswith(GUARD_STATUS_SUFFIX):
-                        self.guard_before_playback = DiagnosticSample(
-                            0.0, status.name, int(status.level), status.message,
-                            {kv.key: kv.value for kv in status.values})
-
-    def close(self) -> None:
-        """Stop writing and flush the bag (idempotent)."""
-        with self._lock:
-            if self._open:
-                self._open = False
-                self.writer.close()
-
-
-# ---------------------------------------------------------------------- playback
-@dataclass
-class PlaybackStats:
-    published: Counter = field(default_factory=Counter)
-    clock_messages: int = 0
-    wall_s: float = 0.0
-    sim_s: float = 0.0
-    max_lag_s: float = 0.0  # how far behind the scaled schedule a publish went (machine too slow)
-
-    @property
-    def achieved_rate(self) -> float | None:
-        return self.sim_s / self.wall_s if self.wall_s > 0 else None
-
-
-class Player:
-    """Publishes a bag's messages at their stamps (scaled by ``rate``) with /clock from the same stamps."""
-
-    def __init__(self, node: Any, topics: dict[str, str], rate: float, clock_hz: float) -> None:
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from rosgraph_msgs.msg import Clock
-        self._clock_cls = Clock
-        self.rate = rate
-        self.clock_step_ns = max(1, int(round(1e9 / clock_hz)))
-        self.clock_pub = node.create_publisher(Clock, '/clock', 10)
-        qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.publishers: dict[str, Any] = {}
-        self.skipped: dict[str, str] = {}
-        for topic, msgtype in topics.items():
-            try:
-                self.publishers[topic] = node.create_publisher(message_class(msgtype), topic, qos)
-            except (ImportError, AttributeError, ValueError) as err:
-                self.skipped[topic] = f'{msgtype}: {err}'
-        self.now_ns: int | None = None  # the last /clock published
-        self.stats = PlaybackStats()
-        self.stop_requested = threading.Event()
-
-    def _publish_clock(self, stamp_ns: int) -> None:
-        from builtin_interfaces.msg import Time
-        sec, nanosec = divmod(stamp_ns, 1_000_000_000)
-        self.clock_pub.publish(self._clock_cls(clock=Time(sec=sec, nanosec=nanosec)))
-        self.now_ns = stamp_ns
-        self.stats.clock_messages += 1
-
-    def play(self, bag: Path, start_ns: int, end_ns: int) -> PlaybackStats:
-        messages = read_messages(bag, topics=list(self.publishers))
-        first = next(messages, None)  # opens the bag before the schedule starts (tens of ms)
-        wall0 = time.monotonic()
-
-        def wait_until(stamp_ns: int) -> None:
-            target = wall0 + (stamp_ns - start_ns) * 1e-9 / self.rate
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                self.stats.max_lag_s = max(self.stats.max_lag_s, -delay)
-
-        def advance_clock(to_ns: int) -> None:
-            next_tick = start_ns if self.now_ns is None else self.now_ns + self.clock_step_ns
-            while next_tick < to_ns:
-                wait_until(next_tick)
-                self._publish_clock(next_tick)
-                next_tick += self.clock_step_ns
-            if self.now_ns is None or to_ns > self.now_ns:
-                wait_until(to_ns)
-                self._publish_clock(to_ns)  # before the message: a node never sees a stamp from its future
-
-        try:
-            for item in itertools.chain([first] if first is not None else [], messages):
-                if self.stop_requested.is_set():
-                    break
-                stamp = max(item.stamp_ns, self.now_ns or start_ns)  # the clock never goes backwards
-                advance_clock(stamp)
-                raw = bytes(TYPESTORE.serialize_cdr(item.msg, item.msgtype))
-                self.publishers[item.topic].publish(raw)
-                self.stats.published[item.topic] += 1
-            else:
-                advance_clock(end_ns)
-        finally:
-            self.stats.wall_s = time.monotonic() - wall0
-            self.stats.sim_s = ((self.now_ns or start_ns) - start_ns) * 1e-9
-        return self.stats
-
-
 # ---------------------------------------------------------------------- the run
-def _wait(condition: Any, timeout_s: float, what: str, failed: Any = lambda: None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        problem = failed()
-        if problem:
-            raise RuntimeError(problem)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f'timed out after {timeout_s:.0f} s waiting for {what}')
-        time.sleep(0.05)
-
-
 def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
     """Run one replay (see the module docstring) and return the report (also written to OUT_DIR).
 
@@ -440,19 +102,19 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
             bringup.start()
         failed = (lambda: bringup.failed()) if bringup is not None else (lambda: None)
         inputs = [*plan.topics.camera_topics, plan.topics.joint_states_topic]
-        _wait(lambda: all(player.publishers[t].get_subscription_count() > 0 for t in inputs),
+        wait_for(lambda: all(player.publishers[t].get_subscription_count() > 0 for t in inputs),
               cfg.discovery_timeout_s, f'a node subscribed to each of {inputs}'
               + (' (is the policy node running and active?)' if cfg.connect else ''), failed)
         clock_users = max(1, len(plan.launches))
-        _wait(lambda: player.clock_pub.get_subscription_count() >= clock_users, cfg.discovery_timeout_s,
+        wait_for(lambda: player.clock_pub.get_subscription_count() >= clock_users, cfg.discovery_timeout_s,
               f'{clock_users} node(s) on /clock (use_sim_time:=true)', failed)
         outputs = [plan.policy_topic, '/diagnostics'] + ([plan.guard_topic] if plan.guard_topic else [])
-        _wait(lambda: all(recorder.subscriptions[t].get_publisher_count() > 0 for t in outputs),
+        wait_for(lambda: all(recorder.subscriptions[t].get_publisher_count() > 0 for t in outputs),
               cfg.discovery_timeout_s, f'publishers on {outputs}', failed)
         if plan.guard_topic is not None:
             # The guard listens to the policy too (besides this recorder): on a loaded machine discovery
             # took longer than a short bag, and the guard reviewed none of the chunks.
-            _wait(lambda: node.count_subscribers(plan.policy_topic) >= 2, cfg.discovery_timeout_s,
+            wait_for(lambda: node.count_subscribers(plan.policy_topic) >= 2, cfg.discovery_timeout_s,
                   f'the guard subscribed to {plan.policy_topic}', failed)
         recorder.playing = True
         log('[replay] nodes connected; playing')
@@ -471,7 +133,7 @@ def replay(cfg: ReplayConfig, log: Any = print) -> dict[str, Any]:
         if plan.guard_topic is not None:
             last = recorder.last_received.get(plan.policy_topic, time.monotonic())
             try:
-                _wait(lambda: recorder.last_received.get('/diagnostics', 0.0) > last + 0.05, 3.0,
+                wait_for(lambda: recorder.last_received.get('/diagnostics', 0.0) > last + 0.05, 3.0,
                       'guard diagnostics after the last trajectory')
             except TimeoutError:
                 pass
@@ -540,37 +202,6 @@ def _restore_sigint(previous: Any) -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def summary_lines(report: dict[str, Any]) -> list[str]:
-    """The report in a few lines for the terminal."""
-    errors, hold, latency = report['action_error'], report['hold'], report['latency']
-
-    lines = [
-        f"ticks compared  {errors['compared_ticks']} of {errors['policy_ticks']} policy outputs; first action MAE "
-        f"{format_or_na(errors['mae'], '.4f')} rad (commanding the measured position: "
-        f"{format_or_na(errors['zero_action']['mae'], '.4f')})",
-        f"output rate     {format_or_na(report['output_rate_hz'], '.2f')} Hz (sim time; expected "
-        f"{report['replay']['expected_output_rate_hz']:g})",
-        f"HOLD            {hold['seconds']:.1f} s {hold['seconds_by_code'] or ''}",
-        f"latency obs->publish p50 {format_or_na(_ms(latency['obs_to_publish_s']['p50']), '.0f')} ms, "
-        f"p99 {format_or_na(_ms(latency['obs_to_publish_s']['p99']), '.0f')} ms (sim); inference p50 "
-        f"{format_or_na(latency['inference_ms']['p50'], '.1f')} ms",
-        f"replay          {report['replay']['sim_s']:.2f} s of bag in {report['replay']['wall_s']:.2f} s "
-        f"(rate {format_or_na(report['replay']['achieved_rate'], '.2f')})",
-    ]
-    if 'guard' in report:
-        lines.append(f"guard           {report['guard']['blocked_chunks']} blocked chunks of "
-                     f"{report['guard']['chunks_reviewed']} reviewed; longest gap between its outputs "
-                     f"{format_or_na(report['guard'].get('max_gap_s'), '.2f')} s")
-    lines.append(f"kept up         held {report['fell_behind_s']:.1f} s of {report['sim_duration_s']:.1f} s because "
-                 f"the stack fell behind (NO_CHUNK/STALE/INFERENCE_ERROR); longest gap between policy outputs "
-                 f"{format_or_na(report['max_output_gap_s'], '.2f')} s")
-    return lines + verdict_lines(report)
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else 1e3 * seconds
-
-
 # ---------------------------------------------------------------------- CLI adapter
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('bags', type=Path, nargs='+', metavar='BAG_OR_DIR',
@@ -604,15 +235,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the nodes' logs here too (they always go to OUT/nodes.log)")
 
 
-def _outputs(bags: list[Path], out: Path | None) -> list[Path | None]:
-    """Each bag's output folder: --out for one bag, OUT/<bag name> (made unique) for several."""
-    if len(bags) == 1:
-        return [out]
-    root = out if out is not None else Path('replays')
-    names = Counter(bag.name for bag in bags)
-    return [root / (bag.name if names[bag.name] == 1 else f'{bag.parent.name}_{bag.name}') for bag in bags]
-
-
 def run(args: argparse.Namespace) -> int:
     from diffusion_policy_ros.core.checkpoint import CheckpointError
     try:
@@ -624,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
                                 clock_hz=args.clock_hz, storage=args.storage,
                                 discovery_timeout_s=args.discovery_timeout, verbose=args.verbose,
                                 thresholds=thresholds)
-                   for bag, out in zip(bags, _outputs(bags, args.out))]
+                   for bag, out in zip(bags, output_dirs(bags, args.out))]
     except (BagError, ValueError) as err:
         print(f'dp-ros replay: refused: {err}', file=sys.stderr, flush=True)
         return EXIT_REFUSED
