@@ -77,9 +77,8 @@ def test_core_depends_on_nothing_above_it():
 
 
 def test_the_guard_and_the_sim_node_load_no_pytorch():
-    """Neither the collision guard nor the sim needs PyTorch: importing it costs them ~200 MB of RSS and
-    ~2.6 s of start-up, and in the guard its lazily touched pages made RSS grow by 10 MB during the
-    first minutes of a soak. A package __init__ that imports `core` eagerly would bring it back."""
+    """Neither the collision guard nor the sim needs PyTorch: importing it costs them ~170 MB of RSS and
+    ~2.6 s of start-up. A package __init__ that imports `core` eagerly would bring it back."""
     for module in ('diffusion_policy_ros.nodes.collision_guard_node', 'diffusion_policy_ros.nodes.sim_robot_node'):
         code = f'import sys, {module}; print(sorted(m for m in ("torch", "zarr") if m in sys.modules))'
         out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
