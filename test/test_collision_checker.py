@@ -97,7 +97,7 @@ def test_scene_edits_and_validation():
         SceneObject('b', 'box', (0.1, 0.1))
     with pytest.raises(ValueError, match="'q'.*zero norm"):
         SceneObject('q', 'sphere', (0.1,), (0, 0, 0, 0, 0, 0, 0))
-    with pytest.raises(ValueError, match="'t'.*expected keys"):
+    with pytest.raises(ValueError, match="scene object 't': unknown key.*'colour'"):
         SceneObject.from_dict('t', {'shape': 'box', 'size': [1, 1, 1], 'colour': 'red'})
 
 

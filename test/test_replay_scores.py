@@ -91,9 +91,9 @@ def test_falling_behind_and_gaps_fail_the_verdict_with_their_numbers():
 
 def test_thresholds_from_the_command_line_and_the_summary_table():
     assert ReplayThresholds.with_overrides(['max_ratio_to_baseline=0.5']).max_ratio_to_baseline == 0.5
-    with pytest.raises(ValueError, match='max_ratio_to_baseline'):
+    with pytest.raises(ValueError, match="unknown key.*'max_ratio'.*max_ratio_to_baseline"):
         ReplayThresholds.with_overrides(['max_ratio=0.5'])
-    with pytest.raises(ValueError, match='not a number'):
+    with pytest.raises(ValueError, match="horizon_s: expected a number, got 'soon'"):
         ReplayThresholds.with_overrides(['horizon_s=soon'])
     assert max_gap(np.array([1.0, 1.1, 1.5]), 0.9, 1.6) == pytest.approx(0.4)
     report = {'horizon': horizon_scores(reference(), chunks(lambda t, due: path(due))), 'sim_duration_s': 4.0,

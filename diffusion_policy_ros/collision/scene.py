@@ -19,6 +19,8 @@ import coal
 import numpy as np
 import pinocchio as pin
 
+from diffusion_policy_ros.config_loader import from_mapping
+
 SHAPE_SIZES = {'box': 3, 'sphere': 1, 'cylinder': 2}
 IDENTITY_POSE = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -60,13 +62,10 @@ class SceneObject:
 
     @classmethod
     def from_dict(cls, name: str, spec: Mapping[str, Any]) -> SceneObject:
-        unknown = set(spec) - {'shape', 'size', 'pose', 'padding'}
-        if unknown or 'shape' not in spec or 'size' not in spec:
-            raise ValueError(f'scene object {name!r}: expected keys shape, size[, pose, padding], '
-                             f'got {sorted(spec)}')
-        padding = spec.get('padding')
-        return cls(name=name, shape=str(spec['shape']), size=tuple(spec['size']),
-                   pose=tuple(spec.get('pose', IDENTITY_POSE)), padding=None if padding is None else float(padding))
+        """From a params file's scene.<name>.* (shape, size[, pose, padding])."""
+        if 'name' in spec:
+            raise ValueError(f"scene object {name!r}: unknown key(s) 'name' (the name is the object's key)")
+        return from_mapping(cls, {**spec, 'name': name}, f'scene object {name!r}')
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {'shape': self.shape, 'size': list(self.size), 'pose': list(self.pose)}

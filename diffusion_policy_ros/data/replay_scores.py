@@ -26,11 +26,13 @@ Definitions (times are the bag's clock):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import yaml
 
+from ..config_loader import from_mapping
 from .replay_metrics import BagReference, DiagnosticSample, JointSeries, RecordedOutputs, TrajectorySeries
 
 BASELINES = ('hold_measured', 'repeat_last_command', 'start_pose')
@@ -52,17 +54,13 @@ class ReplayThresholds:
     @classmethod
     def with_overrides(cls, items: list[str]) -> 'ReplayThresholds':
         """`NAME=VALUE` strings over the defaults; ValueError names an unknown or malformed one."""
-        known = {f.name for f in fields(cls)}
-        values: dict[str, float] = {}
+        values: dict[str, Any] = {}
         for item in items:
             name, sep, text = item.partition('=')
-            if not sep or name not in known:
-                raise ValueError(f'--threshold {item!r}: expected NAME=VALUE with NAME one of {sorted(known)}')
-            try:
-                values[name] = float(text)
-            except ValueError:
-                raise ValueError(f'--threshold {item!r}: {text!r} is not a number') from None
-        return cls(**values)
+            if not sep:
+                raise ValueError(f'--threshold {item!r}: expected NAME=VALUE')
+            values[name] = yaml.safe_load(text)
+        return from_mapping(cls, values, '--threshold')
 
 
 def demonstrated_path(reference: BagReference) -> tuple[np.ndarray, np.ndarray]:
