@@ -37,7 +37,6 @@ from diffusion_policy_ros.data.image_codec import (CdrImage, ImageDecodeError, c
 from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.nodes.messages import diagnostic_status, make_joint_trajectory, stamp_to_seconds
-from diffusion_policy_ros.core.config import ExecutionConfig
 from diffusion_policy_ros.nodes.params import declare_parameters, refuse_unknown_parameters
 from diffusion_policy_ros.nodes.polled import CAMERA_QOS, JOINT_STATE_QOS, PolledSubscription
 from diffusion_policy_ros.paths import package_path
@@ -63,8 +62,6 @@ class PolicyNode(ReleasingLifecycleNode):
         self._timers: list = []
         self.controller: PolicyController | None = None
         self.deployment: Deployment | None = None  # the checkpoint, fitted to this robot (configure)
-        self.execution: ExecutionConfig | None = None
-        self.device = 'cpu'
         self._published = 0
         self._publish_times: list[float] = []
         self.create_service(SetBool, '~/estop', self._on_estop)
@@ -81,8 +78,6 @@ class PolicyNode(ReleasingLifecycleNode):
             self.get_logger().info(note)
         for name, (theirs, ours) in deployment.overrides.items():
             self.get_logger().warning(f'{name} {ours} overrides the checkpoint\'s {theirs}')
-        self.execution, self.device = deployment.execution, deployment.device
-        self.period = deployment.execution.control_period_s
         self.controller = PolicyController(
             deployment.infer, list(deployment.camera_topics), deployment.limits, deployment.controller_config,
             clock=self._now, stream_names={**deployment.camera_topics, 'joint_states': p.joint_states_topic},
@@ -146,6 +141,11 @@ class PolicyNode(ReleasingLifecycleNode):
         self.controller = self.deployment = None
 
     # ------------------------------------------------------------------ inputs
+    @property
+    def period(self) -> float:
+        """Seconds between ticks: the deployed execution's control period."""
+        return self.deployment.execution.control_period_s
+
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
@@ -241,14 +241,15 @@ class PolicyNode(ReleasingLifecycleNode):
         if self.controller is None:
             return
         periods = np.diff(self._publish_times)
+        execution = self.deployment.execution
         status = dataclasses.replace(
-            self.controller.status(self._now()), device=self.device, published=self._published,
-            num_inference_steps=self.execution.num_inference_steps, n_action_steps=self.execution.n_action_steps,
-            control_rate_hz=1 / self.execution.control_period_s,
+            self.controller.status(self._now()), device=self.deployment.device, published=self._published,
+            num_inference_steps=execution.num_inference_steps, n_action_steps=execution.n_action_steps,
+            control_rate_hz=1 / execution.control_period_s,
             publish_period_mean_s=float(periods.mean()) if periods.size else float('nan'))
         reason = self.controller.health.reason
         msg = DiagnosticArray(status=[diagnostic_status(
-            f'{self.get_name()}: policy', self.device, status,
+            f'{self.get_name()}: policy', self.deployment.device, status,
             DiagnosticStatus.OK if reason is None else DiagnosticStatus.WARN,
             'RUNNING' if reason is None else f'HOLD: {reason}')])
         msg.header.stamp = self.get_clock().now().to_msg()
