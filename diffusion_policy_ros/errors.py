@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # a terminal's Ctrl-C; systemd, supervisors and `kill`
+_received_stop_signal: str | None = None
 
 
 class UserError(Exception):
@@ -37,6 +38,15 @@ def stop_on_signals() -> dict[int, object]:
     """Make SIGINT and SIGTERM raise StopRequested in the main thread, once (further ones are ignored
     while it stops). Returns the handlers it replaced."""
     def interrupt(signum: int, frame: object) -> None:
+        global _received_stop_signal
+        _received_stop_signal = signal.Signals(signum).name
         ignore_stop_signals()
-        raise StopRequested(signal.Signals(signum).name)
+        raise StopRequested(_received_stop_signal)
     return {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
+
+
+def received_stop_signal() -> str | None:
+    """The name of the stop signal `stop_on_signals` turned into StopRequested, if one came. The
+    StopRequested itself can arrive disguised: raised inside a C extension's call back into Python
+    (rclpy converting a taken message), pybind11 reports it as a RuntimeError."""
+    return _received_stop_signal

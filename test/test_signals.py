@@ -164,3 +164,40 @@ def test_replay_stops_while_playing_and_while_starting(tmp_path):
     starting = stop_with_signal(replay + ['--out', str(tmp_path / 'starting')],
                                 lambda out, err: '[replay] ' in out, signal.SIGTERM)
     assert_clean(starting)
+
+
+SPIN_WITH_A_DISGUISED_STOP = '''
+import os, signal, sys
+from diffusion_policy_ros.errors import StopRequested
+from diffusion_policy_ros.nodes.lifecycle import init_node_process, spin_until_stopped
+
+class Executor:
+    """Fails in spin() as rclpy does when a stop signal lands while it converts a taken message."""
+    def spin(self):
+        if sys.argv[1] == 'signal':
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10**7):  # the handler runs between two bytecodes
+                    pass
+            except StopRequested:
+                pass
+            else:
+                raise AssertionError('SIGINT did not raise StopRequested')
+        raise RuntimeError("Unable to convert call argument '0' to Python object")
+
+init_node_process([])
+spin_until_stopped(Executor())
+print('stopped cleanly')
+'''
+
+
+@pytest.mark.parametrize('with_signal', [True, False])
+def test_an_error_that_a_stop_signal_caused_inside_rclpy_stops_cleanly_and_any_other_propagates(with_signal):
+    """The CI failure of 2026-12-02: Ctrl-C reached the guard while rclpy converted a joint state, and
+    pybind11 reported the interrupt as a RuntimeError that traced back out of the node."""
+    done = subprocess.run([sys.executable, '-c', SPIN_WITH_A_DISGUISED_STOP, 'signal' if with_signal else 'none'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if with_signal:
+        assert done.returncode == 0 and 'stopped cleanly' in done.stdout, done.stdout + done.stderr
+    else:
+        assert done.returncode == 1 and 'RuntimeError: Unable to convert' in done.stderr, done.stdout + done.stderr

@@ -47,8 +47,7 @@ from diffusion_policy_ros.collision.session import GuardSession
 from diffusion_policy_ros.control.limits import JointLimits
 from diffusion_policy_ros.control.measurement import LatestJointPositions
 from diffusion_policy_ros.diagnostics import GuardStatus
-from diffusion_policy_ros.nodes.dds import apply_dds_profile
-from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
+from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, init_node_process, spin_lifecycle_node
 from diffusion_policy_ros.nodes.messages import (MessageError, chunk_to_message, diagnostic_status,
                                                  stamp_to_seconds, trajectory_to_sample)
 from diffusion_policy_ros.nodes.params import declare_dynamic_parameters
@@ -280,8 +279,7 @@ def main(args: list[str] | None = None) -> int:
     # The planning thread calls into Python for every state it checks; with the default 5 ms switch
     # interval the check of a free chunk on the executor thread could wait that long for the GIL.
     sys.setswitchinterval(0.001)
-    apply_dds_profile()
-    rclpy.init(args=args)
+    init_node_process(args)
     try:
         node = CollisionGuardNode()
     except ValueError as err:  # a parameter of the node itself is wrong: say which, do not trace back

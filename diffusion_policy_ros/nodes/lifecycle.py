@@ -1,12 +1,13 @@
-"""What policy_node and collision_guard_node share as LifecycleNodes: cleanup/shutdown release
-everything, and the `main` that runs one as its own process."""
+"""What the node executables share: starting rclpy, spinning until a stop signal, and, for
+policy_node and collision_guard_node as LifecycleNodes, cleanup/shutdown releasing everything."""
 from __future__ import annotations
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from diffusion_policy_ros.errors import ignore_stop_signals
+from diffusion_policy_ros.errors import ignore_stop_signals, received_stop_signal, stop_on_signals
+from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.scheduling import MAX_REALTIME_PRIORITY, use_realtime_priority
 
 
@@ -46,6 +47,27 @@ def stop_taking_signals() -> None:
     ignore_stop_signals()
 
 
+def init_node_process(args: list[str] | None) -> None:
+    """rclpy.init for a node executable. SIGINT and SIGTERM raise StopRequested (errors.stop_on_signals):
+    installed first, they are the handlers rclpy's own handlers call after waking the executor."""
+    apply_dds_profile()
+    stop_on_signals()
+    rclpy.init(args=args)
+
+
+def spin_until_stopped(executor: SingleThreadedExecutor) -> None:
+    """Spin until a stop signal or an external rclpy shutdown. Any other error propagates, except one
+    raised by a stop signal in disguise (errors.received_stop_signal): seen when Ctrl-C landed while
+    rclpy converted a taken message, and pybind11 turned the StopRequested into a RuntimeError."""
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        if received_stop_signal() is None:
+            raise
+
+
 def spin_lifecycle_node(node: LifecycleNode, autostart: bool, realtime_priority: int = 0) -> int:
     """Spin `node` until Ctrl-C. With `autostart` it configures and activates itself (so the
     executable alone runs); if configure fails it stays up, unconfigured, waiting for transitions from
@@ -71,8 +93,8 @@ def spin_lifecycle_node(node: LifecycleNode, autostart: bool, realtime_priority:
                 node.get_logger().warning(f'realtime_priority {realtime_priority}: {refused}; normal scheduling')
             else:
                 node.get_logger().info(f'executor thread runs SCHED_FIFO priority {realtime_priority}')
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        spin_until_stopped(executor)
+    except KeyboardInterrupt:  # a stop signal during configure or activate
         pass
     finally:
         stop_taking_signals()

@@ -21,7 +21,6 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
@@ -34,8 +33,7 @@ from diffusion_policy_ros.control.health import HoldCode, HoldReason
 from diffusion_policy_ros.control.observation import example_observation
 from diffusion_policy_ros.data.image_codec import (CdrImage, ImageDecodeError, cdr_header_stamp, check_image_fields,
                                                    image_from_cdr, message_to_rgb8, prepare_model_image)
-from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, spin_lifecycle_node
-from diffusion_policy_ros.nodes.dds import apply_dds_profile
+from diffusion_policy_ros.nodes.lifecycle import ReleasingLifecycleNode, init_node_process, spin_lifecycle_node
 from diffusion_policy_ros.nodes.messages import diagnostic_status, make_joint_trajectory, stamp_to_seconds
 from diffusion_policy_ros.nodes.params import declare_parameters, refuse_unknown_parameters
 from diffusion_policy_ros.nodes.polled import CAMERA_QOS, JOINT_STATE_QOS, PolledSubscription
@@ -260,8 +258,7 @@ def main(args: list[str] | None = None) -> int:
     # The inference thread runs Python between torch kernels; the default 5 ms switch interval lets it
     # keep the GIL that long after the tick thread asks for it.
     sys.setswitchinterval(0.001)
-    apply_dds_profile()
-    rclpy.init(args=args)
+    init_node_process(args)
     node = PolicyNode()
     return spin_lifecycle_node(node, node.params.autostart, node.params.realtime_priority)
 

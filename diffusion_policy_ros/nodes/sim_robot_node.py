@@ -21,7 +21,7 @@ from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -32,8 +32,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
-from diffusion_policy_ros.nodes.dds import apply_dds_profile
-from diffusion_policy_ros.nodes.lifecycle import stop_taking_signals
+from diffusion_policy_ros.nodes.lifecycle import init_node_process, spin_until_stopped, stop_taking_signals
 from diffusion_policy_ros.nodes.messages import (MessageError, make_image, make_joint_state, parse_command,
                                                  scene_markers, seconds_to_stamp)
 from diffusion_policy_ros.nodes.params import declare_parameters, refuse_unknown_parameters
@@ -241,8 +240,7 @@ class SimRobotNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    apply_dds_profile()
-    rclpy.init(args=args)
+    init_node_process(args)
     try:
         node = SimRobotNode()
     except (ValueError, RuntimeError) as err:
@@ -252,9 +250,7 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spin_until_stopped(executor)
     finally:
         stop_taking_signals()
         node.stop()
