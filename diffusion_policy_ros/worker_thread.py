@@ -1,15 +1,16 @@
-"""A thread for the slow work a node must keep off its executor thread: the newest job wins.
+"""Threads for the work a node must keep off its executor thread: the newest job wins.
 
 The guard's fallback plans run on one (a plan may take the whole 0.1 s budget; on the executor it
 would delay the check of the next, free chunk), and so do the policy node's camera takes (a 4000x3000
 frame takes ~110 ms to copy out of DDS; on the executor it would delay the control tick). The
 executor thread only calls `submit()` (a pointer swap under a lock); a job that arrives while another
 runs replaces any job still waiting, since the newer one makes the older pointless (a newer blocked
-chunk, a newer tick).
+chunk, a newer tick). `LatestDeadline` is the same idea for a timeout: the newest deadline wins.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,3 +89,56 @@ class LatestJobThread:
                     with self._lock:
                         self._busy = False
                         self.stats.finished += 1
+
+
+class LatestDeadline:
+    """Calls the action given to `arm` once its delay has passed, unless a newer `arm` replaced it or
+    `stop` came first. One thread serves every deadline, where a threading.Timer starts a thread per
+    deadline (the guard arms one per fallback plan: thousands an hour, each a thread start and a stack).
+
+    The thread starts at the first `arm`, so it is scheduled like the thread that arms it (real-time
+    when that is the node's executor thread under `realtime_priority`): a deadline must fire on time
+    when the work it bounds is starved. `on_error` gets what an action raised."""
+
+    def __init__(self, name: str, on_error: Callable[[BaseException], None] | None = None) -> None:
+        self._name = name
+        self._on_error = on_error
+        self._changed = threading.Condition()
+        self._due: float | None = None  # time.monotonic() when `_action` runs
+        self._action: Job | None = None
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, delay_s: float, action: Job) -> None:
+        with self._changed:
+            if self._stopped:
+                return
+            self._due, self._action = time.monotonic() + delay_s, action
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Drop the waiting deadline and join the thread (an action already running finishes)."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._stopped and (self._due is None or time.monotonic() < self._due):
+                    self._changed.wait(None if self._due is None else self._due - time.monotonic())
+                if self._stopped:
+                    return
+                action, self._due, self._action = self._action, None, None
+            try:
+                action()
+            except Exception as err:  # noqa: BLE001 - the thread must outlive a failing action
+                if self._on_error is not None:
+                    self._on_error(err)

@@ -189,3 +189,59 @@ def test_the_same_contact_is_one_warning_a_minute_and_the_status_reports_what_ha
     assert status.last_action == 'replace' and status.blocked_chunks == 1 and status.fallbacks_planned == 1
     assert status.scene_updates == 1 and status.markers_ignored == 1 and status.joint_state == 'fresh'
     assert status.output_latency_blocked_p50_ms == pytest.approx(50.0) and status.scene_objects == 'box'
+
+
+def test_the_warm_up_plans_on_the_planning_thread_and_leaves_the_scene_as_it_was(panda):
+    """What the warm-up allocates must be allocated by the threads that will do the work in service
+    (glibc keeps a heap per thread): scene rebuilds in both checkers, one full search on the planner's."""
+    from diffusion_policy_ros.collision.config import CollisionGuardConfig
+    from diffusion_policy_ros.collision.moveit_backend import WARM_UP_PROBE, CollisionBackend, select_backend
+    scene = Scene([BOX])
+    backend, _ = select_backend('embedded', panda, CollisionGuardConfig(), scene=scene)
+    session = GuardSession(CollisionGuard(backend.checker, backend.planner), BUDGET_S, lambda: (MEASURED, None),
+                           Recorder())
+    threads = []
+    original_search = backend.planner._search
+
+    def recording_search(*args):
+        threads.append(threading.current_thread().name)
+        return original_search(*args)
+    backend.planner._search = recording_search
+    try:
+        version = scene.snapshot()[0]
+        message = backend.warm_up(session.on_planning_thread)
+        assert message.startswith('warm-up: trial fallback plan'), message
+        assert threads == ['guard-planner']  # the search ran, and where plans run
+        assert [o.name for o in scene.objects()] == ['box'] and scene.snapshot()[0] == version + 2  # probe in, out
+        assert WARM_UP_PROBE.name not in backend.planner.checker._body_names  # both rebuilt without it
+        assert WARM_UP_PROBE.name not in backend.checker._body_names
+    finally:
+        session.stop()
+    assert CollisionBackend('moveit', None, None).warm_up() == 'warm-up: none (move_group plans)'
+
+
+def test_one_deadline_thread_fires_the_newest_deadline_only():
+    from diffusion_policy_ros.worker_thread import LatestDeadline
+    fired, errors = [], []
+    deadline = LatestDeadline('test-deadline', on_error=errors.append)
+    try:
+        armed = time.monotonic()
+        deadline.arm(0.2, lambda: fired.append(('first', time.monotonic() - armed)))
+        deadline.arm(0.1, lambda: fired.append(('second', time.monotonic() - armed)))  # replaces the first
+        time.sleep(0.5)
+        assert [name for name, _ in fired] == ['second'] and fired[0][1] >= 0.1
+        deadline.arm(0.0, lambda: 1 / 0)  # a failing action is reported and the thread goes on
+        time.sleep(0.2)
+        assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)
+        deadline.arm(0.05, lambda: fired.append(('third', 0.0)))
+        time.sleep(0.3)
+        assert [name for name, _ in fired] == ['second', 'third']
+        deadline.arm(0.2, lambda: fired.append(('after stop', 0.0)))  # dropped by the stop
+    finally:
+        assert deadline.stop()
+    time.sleep(0.3)
+    assert ('after stop', 0.0) not in fired
+    threads_before = threading.active_count()
+    for _ in range(20):
+        deadline.arm(0.01, lambda: None)  # stopped: arming starts nothing
+    assert threading.active_count() == threads_before

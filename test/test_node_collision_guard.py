@@ -251,6 +251,7 @@ def test_free_chunk_passes_unchanged(guard_node, robot):
     diag = robot.wait_diagnostics(lambda d: int(d['chunks_passed']) >= 1, 'a passed chunk')
     assert diag['backend'] == 'embedded' and float(diag['check_latency_p99_ms']) > 0
     assert 'collision backend: embedded' in guard_node.output  # auto says which backend runs
+    assert 'warm-up: trial fallback plan' in guard_node.output
 
 
 def test_chunk_through_a_box_is_replaced_by_a_safe_plan_to_the_goal(guard_node, robot, scene_objects):

@@ -192,6 +192,31 @@ class FallbackPlanner(GoalChoosingPlanner):
             return failed(f'the fallback took longer than its planning time budget of {self.time_budget_s:.3f} s')
         return Plan(points, self.control_period, time.perf_counter() - began, goal_kind, vertices=vertices)
 
+    def warm_up(self, seed: int = 0, attempts: int = 200) -> float | None:
+        """Run the whole fallback pipeline once (OMPL search, shortcutting, ruckig, final check) between
+        two valid states drawn at random, so that the first fallback a robot needs does not pay OMPL's
+        set-up and the first-use allocations (Panda: first plan 14.8 ms, later ones 2.5 ms, and 2.3 MB
+        allocated once). Seconds it took, or None when `attempts` draws found no two valid states."""
+        rng = np.random.default_rng(seed)
+        valid = []
+        for _ in range(attempts):
+            q = rng.uniform(self.checker.lower, self.checker.upper)
+            if self.checker.is_valid(q):
+                valid.append(q)
+                if len(valid) == 2:
+                    break
+        else:
+            return None
+        began = time.perf_counter()
+        start, goal = valid
+        # The search runs even when the straight segment is free: that is the part to warm.
+        vertices = self._search(start, goal, np.arange(len(start)), began)
+        if not isinstance(vertices, str):
+            points = self._time_parameterise(vertices)
+            if points is not None:
+                self.checker.check_path(start, points[1:], self.max_joint_step)
+        return time.perf_counter() - began
+
     # --- internals --------------------------------------------------------------------------
 
     def _search(self, start: np.ndarray, goal: np.ndarray, active: np.ndarray,

@@ -2,19 +2,19 @@
 
 `CollisionGuard` decides; `GuardSession` schedules. A proposed chunk is checked on the caller's thread
 (the node's executor: under a millisecond), a blocked chunk's fallback is planned on the planning thread
-(`worker_thread.LatestJobThread`, which keeps only the newest job), and a timer holds the arm when no
+(`worker_thread.LatestJobThread`, which keeps only the newest job), and a deadline thread holds the arm when no
 decision was sent within the planning budget, even when the planning thread is starved or stuck. With a
 backend whose checks block on the executor (MoveIt's services), whole reviews run on the planning
 thread. Every decision goes to `act(decision, context, arrived_ns, reaction)`, which publishes it.
 """
 from __future__ import annotations
 
-import threading
+from concurrent.futures import Future
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from diffusion_policy_ros.collision.guard import CollisionGuard, GuardDecision, PlanRequest, TrajectoryChunk
-from diffusion_policy_ros.worker_thread import LatestJobThread
+from diffusion_policy_ros.worker_thread import LatestDeadline, LatestJobThread
 
 # How long after its planning budget a plan request is given before the guard holds instead.
 PLAN_DEADLINE_SLACK_S = 0.02
@@ -37,11 +37,25 @@ class GuardSession:
         self.active = False  # decisions are only sent while active
         self.planning = LatestJobThread('guard-planner', on_error=on_error)
         self.planning.start()
+        self.deadline = LatestDeadline('guard-deadline', on_error=on_error)
         self._latest_plan = 0  # sequence of the newest plan request
 
     def stop(self) -> None:
         self.active = False
+        self.deadline.stop()
         self.planning.stop()
+
+    def on_planning_thread(self, work: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+        """Run `work` on the planning thread and return its result (for set-up, before any review)."""
+        done: Future = Future()
+
+        def job() -> None:
+            try:
+                done.set_result(work())
+            except BaseException as err:  # noqa: BLE001 - handed to the caller
+                done.set_exception(err)
+        self.planning.submit(job)
+        return done.result(timeout_s)
 
     def reject(self, names: list[str], problem: str, context: Any, arrived_ns: int) -> None:
         """A proposal that cannot be checked (malformed): the arm holds."""
@@ -109,9 +123,8 @@ class GuardSession:
             if decision is not None:
                 self.act(decision, context, arrived_ns, None)
 
-        timer = threading.Timer(self.planning_budget_s + PLAN_DEADLINE_SLACK_S, expire)
-        timer.daemon = True
-        timer.start()
+        # (a newer request replaces this deadline: its own expire would return at once)
+        self.deadline.arm(self.planning_budget_s + PLAN_DEADLINE_SLACK_S, expire)
 
     def _job(self, review: Callable[[], GuardDecision | None], measured: Mapping[str, float], names: list[str],
              context: Any, arrived_ns: int) -> None:

@@ -109,6 +109,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self.session = GuardSession(self.guard, config.planning_time_budget_s, self._measured, self._act,
                                     blocking_checks=self.backend.name == 'moveit',  # (they wait on this executor)
                                     on_error=self._on_planning_error)
+        self.get_logger().info(self.backend.warm_up(self.session.on_planning_thread))
         # Taken when a chunk is checked (and for diagnostics), not one executor wake-up per message.
         self._joint_sub = PolledSubscription(self, JointState, p.joint_states_topic, JOINT_STATE_QOS)
         self._subs = [
