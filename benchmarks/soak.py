@@ -225,9 +225,16 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
             fault_state['name'] = None
         camera_pub.publish(msg)
 
-    def on_policy(msg: JointTrajectory) -> None:
+    # When each policy command arrived, as the middleware's receive thread stamped it (C++, no GIL), on
+    # this process's monotonic clock: under the CPU hog the callback below can run ~1 s late (the
+    # independent check holds the GIL), which the first 30-minute runs counted as the policy's recovery.
+    wall_minus_monotonic = time.time() - time.monotonic()
+
+    def on_policy(msg: JointTrajectory, info) -> None:
+        received_ns = info.get('received_timestamp')  # rclpy's MessageInfo: ns since the epoch
+        arrived = received_ns * 1e-9 - wall_minus_monotonic if received_ns else time.monotonic()
         with monitor.lock:
-            monitor.policy_out.append((time.monotonic(), len(msg.points)))
+            monitor.policy_out.append((arrived, len(msg.points)))
 
     # The independent check runs on a thread of its own (it is slow by design: a millimetre apart), so
     # this process relays the sensors without delay; each command is judged against the measured state

@@ -313,10 +313,14 @@ def _run_replay(*argv: str, timeout: float = 150) -> subprocess.CompletedProcess
 
 @pytest.mark.ros
 def test_replay_through_policy_and_guard_records_and_scores(tmp_path, episode_bag, camera_checkpoint):
+    """Through a checkpoint exported with its own execution settings (3 denoising steps, 4 actions per
+    chunk): replay runs it with those, no flag needed (issue 13)."""
+    from diffusion_policy_ros.training.export import export_checkpoint
+    released = export_checkpoint(camera_checkpoint, tmp_path / 'released', 'float32', n_action_steps=4,
+                                 num_inference_steps=3)
     out = tmp_path / 'replay'
-    result = _run_replay(str(episode_bag), '--checkpoint', str(camera_checkpoint), '--out', str(out), '--rate', '2',
-                         '--set', 'policy_node.torch_threads:=1', '--set', 'policy_node.device:=cpu',
-                         '--set', 'policy_node.num_inference_steps:=4')
+    result = _run_replay(str(episode_bag), '--checkpoint', str(released), '--out', str(out), '--rate', '2',
+                         '--set', 'policy_node.torch_threads:=1', '--set', 'policy_node.device:=cpu')
     report = json.loads((out / 'report.json').read_text())
     # An untrained checkpoint: the replay runs and records everything, and its verdict is FAIL (exit 1)
     # because its path over the next second is no better than standing still.
@@ -376,6 +380,9 @@ def test_replay_through_policy_and_guard_records_and_scores(tmp_path, episode_ba
     assert len(recorded[replay_plan.GUARDED_POLICY_TOPIC]) == report['policy_outputs']
     assert all(list(m.joint_names) == list(PANDA_JOINTS) for m in recorded[replay_plan.GUARDED_POLICY_TOPIC])
     assert any(s.name.endswith(': collision guard') for m in recorded['/diagnostics'] for s in m.status)
+    policy_status = [{kv.key: kv.value for kv in s.values} for m in recorded['/diagnostics'] for s in m.status
+                     if 'num_inference_steps' in {kv.key for kv in s.values}]
+    assert policy_status and {(v['num_inference_steps'], v['n_action_steps']) for v in policy_status} == {('3', '4')}
     for png in ('joints.png', 'latency.png'):
         assert (out / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
