@@ -225,14 +225,17 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
             fault_state['name'] = None
         camera_pub.publish(msg)
 
-    # When each policy command arrived, as the middleware's receive thread stamped it (C++, no GIL), on
-    # this process's monotonic clock: under the CPU hog the callback below can run ~1 s late (the
-    # independent check holds the GIL), which the first 30-minute runs counted as the policy's recovery.
+    # When each command arrived, as the middleware's receive thread stamped it (C++, no GIL), on this
+    # process's monotonic clock. The callbacks below can run late under the CPU hog (the independent
+    # check holds the GIL): one 30-minute run counted 0.9 s of that delay as the policy's recovery.
     wall_minus_monotonic = time.time() - time.monotonic()
 
-    def on_policy(msg: JointTrajectory, info) -> None:
+    def arrival(info) -> float:
         received_ns = info.get('received_timestamp')  # rclpy's MessageInfo: ns since the epoch
-        arrived = received_ns * 1e-9 - wall_minus_monotonic if received_ns else time.monotonic()
+        return received_ns * 1e-9 - wall_minus_monotonic if received_ns else time.monotonic()
+
+    def on_policy(msg: JointTrajectory, info) -> None:
+        arrived = arrival(info)
         with monitor.lock:
             monitor.policy_out.append((arrived, len(msg.points)))
 
@@ -243,11 +246,11 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     pending_ready = threading.Condition()
     scene_now = {'obstacles': dict(checker.obstacles)}
 
-    def on_command(msg: JointTrajectory) -> None:
+    def on_command(msg: JointTrajectory, info) -> None:
         arrived = time.monotonic()
         with monitor.lock:
             measured = monitor.measured
-            monitor.commands.append(arrived)
+            monitor.commands.append(arrival(info))  # the gaps in the stream, as the middleware received it
         if measured is None:
             return
         order = [list(msg.joint_names).index(n) for n in checker.names if n in msg.joint_names]
@@ -401,7 +404,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     # --- what happened around each fault (from the policy's own command stream) ---
     with monitor.lock:
         policy_out = list(monitor.policy_out)
-        commands = np.array(monitor.commands)
+        commands = np.sort(np.array(monitor.commands))
     for record in records:
         if record.name not in HOLDING_FAULTS:
             continue
