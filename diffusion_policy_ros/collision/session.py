@@ -9,8 +9,8 @@ thread. Every decision goes to `act(decision, context, arrived_ns, reaction)`, w
 """
 from __future__ import annotations
 
-from concurrent.futures import Future
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 from diffusion_policy_ros.collision.guard import CollisionGuard, GuardDecision, PlanRequest, TrajectoryChunk
