@@ -7,6 +7,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from diffusion_policy_ros.errors import ignore_stop_signals, received_stop_signal, stop_on_signals
+from diffusion_policy_ros.heap import return_large_blocks_to_os
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.scheduling import MAX_REALTIME_PRIORITY, use_realtime_priority
 
@@ -49,7 +50,9 @@ def stop_taking_signals() -> None:
 
 def init_node_process(args: list[str] | None) -> None:
     """rclpy.init for a node executable. SIGINT and SIGTERM raise StopRequested (errors.stop_on_signals):
-    installed first, they are the handlers rclpy's own handlers call after waking the executor."""
+    installed first, they are the handlers rclpy's own handlers call after waking the executor. Freed
+    large blocks (oversized frames) go back to the OS (`heap`), so hours of them do not grow the node."""
+    return_large_blocks_to_os()
     apply_dds_profile()
     stop_on_signals()
     rclpy.init(args=args)
