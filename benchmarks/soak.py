@@ -330,10 +330,18 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
                 return int(line.split()[1]) / 1024
         return float('nan')
 
+    def machine_cpu() -> tuple[int, int]:
+        """(stolen, total) CPU ticks of the machine so far (/proc/stat). On a shared VM the hypervisor
+        gives the guest's CPU time to its neighbours ("steal"); a cycle that lost much of it is slow for
+        reasons outside the stack, and the per-cycle share tells such a run from a regression."""
+        values = [int(v) for v in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
+        return (values[7] if len(values) > 7 else 0), sum(values[:8])
+
     records: list[FaultRecord] = []
     episodes: list[dict] = []
     hog = None
     started = time.monotonic()
+    cpu_before = machine_cpu()
     time.sleep(20.0)  # warm-up: first episode running
     rss_start = {name: rss_mb(pid) for name, pid in pids().items()}
     deadline = time.monotonic() + args.minutes * 60
@@ -342,11 +350,16 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     call_service(node, Trigger, '/sim_robot_node/reset', Trigger.Request())
     cycle = 0
     rss_samples: list[dict] = []  # one per cycle: growth that levels off is warm-up, growth that goes on leaks
+    steal_samples: list[dict] = []  # one per cycle: the share of the machine's CPU time stolen in it
     try:
         while time.monotonic() < deadline:
             cycle_start = time.monotonic()
             rss_samples.append({'t_s': round(cycle_start - started, 1),
                                 **{name: round(rss_mb(pid), 1) for name, pid in pids().items()}})
+            cpu_now = machine_cpu()
+            steal_samples.append({'t_s': round(cycle_start - started, 1), 'stolen_pct': round(
+                100.0 * (cpu_now[0] - cpu_before[0]) / max(1, cpu_now[1] - cpu_before[1]), 1)})
+            cpu_before = cpu_now
             if cycle % HOG_EVERY_CYCLES == 2 and hog is None:
                 hog = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
                 records.append(FaultRecord('cpu_hog', time.monotonic(), time.monotonic() + CYCLE_S))
@@ -453,15 +466,20 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
                                              if k in rss_samples[1]} if len(rss_samples) > 1 else None),
         'rss_mb_per_cycle': rss_samples,
         'diagnostic_reasons': dict(monitor.reasons.most_common(30)),
+        # each entry covers the cycle that ended at its t_s (the first: the 20 s warm-up)
+        'cpu_stolen_pct_per_cycle': steal_samples,
+        'cpu_stolen_pct_max': max((x['stolen_pct'] for x in steal_samples), default=None),
         'targets': 'outside limits 0, into collision 0, gaps 0, hold and recovery <= 1 s, RSS growth < 5 MB',
     }
     (out / 'soak.json').write_text(json.dumps(result, indent=2))
-    plot_timeline(out / 'soak_timeline.png', started, records, policy_out, monitor.violations, gaps, rss_samples)
+    plot_timeline(out / 'soak_timeline.png', started, records, policy_out, monitor.violations, gaps, rss_samples,
+                  steal_samples)
     print(json.dumps(result, indent=2), flush=True)
     os._exit(0 if not failed else 1)
 
 
-def plot_timeline(path: Path, started: float, records, policy_out, violations, gaps, rss_samples) -> None:
+def plot_timeline(path: Path, started: float, records, policy_out, violations, gaps, rss_samples,
+                  steal_samples) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -489,6 +507,12 @@ def plot_timeline(path: Path, started: float, records, policy_out, violations, g
         rss_ax.plot([r['t_s'] for r in rss_samples], [r.get(name, np.nan) for r in rss_samples], marker='.', label=name)
     rss_ax.set_ylabel('RSS (MB)')
     rss_ax.legend(loc='upper left', fontsize=7)
+    steal_ax = rss_ax.twinx()  # each sample covers the cycle that ended at its t_s
+    steal_ax.step([x['t_s'] for x in steal_samples], [x['stolen_pct'] for x in steal_samples], where='pre',
+                  color='tab:gray', linestyle='--', label='CPU stolen by the hypervisor')
+    steal_ax.set_ylabel('CPU stolen (%)')
+    steal_ax.set_ylim(bottom=0)
+    steal_ax.legend(loc='upper right', fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
