@@ -324,11 +324,17 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     def pids() -> dict[str, int]:
         return {name: proc.pid for name, proc in bringup.processes.items()}
 
-    def rss_mb(pid: int) -> float:
+    def rss_mb(pid: int, field: str = 'VmRSS') -> float:
+        """Resident MB of a node: VmRSS in all; RssAnon its private memory (heaps: where a leak shows);
+        RssShmem the shared memory it has touched, mostly its DDS peers' 64 MiB segments (config/dds),
+        which grows as a publisher's frames move through the segment and is bounded by its size."""
         for line in Path(f'/proc/{pid}/status').read_text().splitlines():
-            if line.startswith('VmRSS:'):
+            if line.startswith(f'{field}:'):
                 return int(line.split()[1]) / 1024
         return float('nan')
+
+    def private_mb() -> dict[str, float]:
+        return {name: round(rss_mb(pid, 'RssAnon'), 1) for name, pid in pids().items()}
 
     def machine_cpu() -> tuple[int, int]:
         """(stolen, total) CPU ticks of the machine so far (/proc/stat). On a shared VM the hypervisor
@@ -344,18 +350,21 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     cpu_before = machine_cpu()
     time.sleep(20.0)  # warm-up: first episode running
     rss_start = {name: rss_mb(pid) for name, pid in pids().items()}
+    private_start = private_mb()
     deadline = time.monotonic() + args.minutes * 60
     seed, episode_started = 1000, time.monotonic()
     _set_sim_parameters(node, {'seed': seed})
     call_service(node, Trigger, '/sim_robot_node/reset', Trigger.Request())
     cycle = 0
     rss_samples: list[dict] = []  # one per cycle: growth that levels off is warm-up, growth that goes on leaks
+    private_samples: list[dict] = []  # the same, RssAnon
     steal_samples: list[dict] = []  # one per cycle: the share of the machine's CPU time stolen in it
     try:
         while time.monotonic() < deadline:
             cycle_start = time.monotonic()
             rss_samples.append({'t_s': round(cycle_start - started, 1),
                                 **{name: round(rss_mb(pid), 1) for name, pid in pids().items()}})
+            private_samples.append({'t_s': round(cycle_start - started, 1), **private_mb()})
             cpu_now = machine_cpu()
             steal_samples.append({'t_s': round(cycle_start - started, 1), 'stolen_pct': round(
                 100.0 * (cpu_now[0] - cpu_before[0]) / max(1, cpu_now[1] - cpu_before[1]), 1)})
@@ -409,6 +418,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         if hog is not None:
             hog.kill()
         rss_end = {name: rss_mb(pid) for name, pid in pids().items() if bringup.processes[name].poll() is None}
+        private_end = {name: mb for name, mb in private_mb().items() if name in rss_end}
         failed = bringup.failed()
         executor.shutdown()
         bringup.stop()
@@ -465,6 +475,10 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         'rss_growth_after_first_cycle_mb': ({k: round(rss_end[k] - rss_samples[1][k], 1) for k in rss_end
                                              if k in rss_samples[1]} if len(rss_samples) > 1 else None),
         'rss_mb_per_cycle': rss_samples,
+        # the private part (RssAnon) alone: the heaps, without the shared memory touched (see rss_mb)
+        'private_growth_mb': {k: round(private_end[k] - private_start[k], 1) for k in private_end
+                              if k in private_start},
+        'private_mb_per_cycle': private_samples,
         'diagnostic_reasons': dict(monitor.reasons.most_common(30)),
         # each entry covers the cycle that ended at its t_s (the first: the 20 s warm-up)
         'cpu_stolen_pct_per_cycle': steal_samples,

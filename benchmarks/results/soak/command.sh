@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The 30-minute soak whose soak.json and soak_timeline.png are here (2-core CPU, no GPU, nothing else
-# running; shipped models/pick_place, nodes at their default realtime_priority 20 as root), at ae0457a.
-# (At ae0457a the command-stream gaps were still timed when the monitor's callback ran; later commits
-# time them, like the policy's commands, by the middleware's receive stamp.)
+# The 30-minute soak whose soak.json and soak_timeline.png are here (2-core CPU shared with other VMs,
+# no GPU, nothing else running; shipped models/pick_place, nodes at their default realtime_priority 20
+# as root), at 56e08d2. That run has no private_growth_mb yet (added after it: RssAnon per node).
 set -euo pipefail
 . ./env.sh
 python benchmarks/soak.py --minutes 30 --out benchmarks/results/soak
