@@ -449,7 +449,7 @@ def test_a_folder_of_bags_passes_with_the_shipped_policy_and_fails_when_inferenc
                            cfg=SimConfig(task='reach_around', seed=seed, camera_height=48, camera_width=48))
     out = tmp_path / 'suite'
     # At half speed, as a CI runner shared with other jobs would replay: in the full suite on this 2-core
-    # VM, inference once ran at p50 308 ms (60 ms alone) and held 0.9 s of a 3.2 s bag. The slow case
+    # VM, inference once ran at p50 308 ms (its warm-up: 64 ms) and held 0.9 s of a 3.2 s bag. The slow case
     # below stays at full speed: it must fail however fast the machine is.
     result = _run_replay(str(bags), '--checkpoint', str(TRAINED_REACH_AROUND), '--out', str(out), '--rate', '0.5',
                          '--set', 'policy_node.torch_threads:=1', timeout=400)
