@@ -343,6 +343,14 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         values = [int(v) for v in Path('/proc/stat').read_text().splitlines()[0].split()[1:]]
         return (values[7] if len(values) > 7 else 0), sum(values[:8])
 
+    def record_steal() -> None:
+        """Append to steal_samples the share of CPU time stolen since the last call."""
+        nonlocal cpu_before
+        cpu_now = machine_cpu()
+        steal_samples.append({'t_s': round(time.monotonic() - started, 1), 'stolen_pct': round(
+            100.0 * (cpu_now[0] - cpu_before[0]) / max(1, cpu_now[1] - cpu_before[1]), 1)})
+        cpu_before = cpu_now
+
     records: list[FaultRecord] = []
     episodes: list[dict] = []
     hog = None
@@ -365,10 +373,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
             rss_samples.append({'t_s': round(cycle_start - started, 1),
                                 **{name: round(rss_mb(pid), 1) for name, pid in pids().items()}})
             private_samples.append({'t_s': round(cycle_start - started, 1), **private_mb()})
-            cpu_now = machine_cpu()
-            steal_samples.append({'t_s': round(cycle_start - started, 1), 'stolen_pct': round(
-                100.0 * (cpu_now[0] - cpu_before[0]) / max(1, cpu_now[1] - cpu_before[1]), 1)})
-            cpu_before = cpu_now
+            record_steal()
             if cycle % HOG_EVERY_CYCLES == 2 and hog is None:
                 hog = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
                 records.append(FaultRecord('cpu_hog', time.monotonic(), time.monotonic() + CYCLE_S))
@@ -419,6 +424,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
             hog.kill()
         rss_end = {name: rss_mb(pid) for name, pid in pids().items() if bringup.processes[name].poll() is None}
         private_end = {name: mb for name, mb in private_mb().items() if name in rss_end}
+        record_steal()  # the last cycle, cut short by the deadline
         failed = bringup.failed()
         executor.shutdown()
         bringup.stop()
