@@ -423,7 +423,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         if hog is not None:
             hog.kill()
         rss_end = {name: rss_mb(pid) for name, pid in pids().items() if bringup.processes[name].poll() is None}
-        private_end = {name: mb for name, mb in private_mb().items() if name in rss_end}
+        private_end = {name: round(rss_mb(pids()[name], 'RssAnon'), 1) for name in rss_end}  # live nodes only
         record_steal()  # the last cycle, cut short by the deadline
         failed = bringup.failed()
         executor.shutdown()
