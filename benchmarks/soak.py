@@ -228,11 +228,11 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     # When each command arrived, as the middleware's receive thread stamped it (C++, no GIL), on this
     # process's monotonic clock. The callbacks below can run late under the CPU hog (the independent
     # check holds the GIL): one 30-minute run counted 0.9 s of that delay as the policy's recovery.
-    wall_minus_monotonic = time.time() - time.monotonic()
-
+    # The receive stamp is wall-clock time, which can step against the monotonic clock (one run's VM
+    # moved it 25.4 s): it is converted with the offset of the moment the callback runs, never a stale one.
     def arrival(info) -> float:
         received_ns = info.get('received_timestamp')  # rclpy's MessageInfo: ns since the epoch
-        return received_ns * 1e-9 - wall_minus_monotonic if received_ns else time.monotonic()
+        return received_ns * 1e-9 - (time.time() - time.monotonic()) if received_ns else time.monotonic()
 
     def on_policy(msg: JointTrajectory, info) -> None:
         arrived = arrival(info)
@@ -348,13 +348,16 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         nonlocal cpu_before
         cpu_now = machine_cpu()
         steal_samples.append({'t_s': round(time.monotonic() - started, 1), 'stolen_pct': round(
-            100.0 * (cpu_now[0] - cpu_before[0]) / max(1, cpu_now[1] - cpu_before[1]), 1)})
+            100.0 * (cpu_now[0] - cpu_before[0]) / max(1, cpu_now[1] - cpu_before[1]), 1),
+            # how far the wall clock (the nodes' stamps and logs) has moved against the monotonic one
+            'wall_clock_step_s': round(time.time() - time.monotonic() - wall_minus_monotonic, 3)})
         cpu_before = cpu_now
 
     records: list[FaultRecord] = []
     episodes: list[dict] = []
     hog = None
     started = time.monotonic()
+    wall_minus_monotonic = time.time() - started
     cpu_before = machine_cpu()
     time.sleep(20.0)  # warm-up: first episode running
     rss_start = {name: rss_mb(pid) for name, pid in pids().items()}
@@ -489,6 +492,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         # each entry covers the cycle that ended at its t_s (the first: the 20 s warm-up)
         'cpu_stolen_pct_per_cycle': steal_samples,
         'cpu_stolen_pct_max': max((x['stolen_pct'] for x in steal_samples), default=None),
+        'wall_clock_step_max_s': max((abs(x['wall_clock_step_s']) for x in steal_samples), default=None),
         'targets': 'outside limits 0, into collision 0, gaps 0, hold and recovery <= 1 s, RSS growth < 5 MB',
     }
     (out / 'soak.json').write_text(json.dumps(result, indent=2))

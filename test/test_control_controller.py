@@ -50,9 +50,10 @@ class Rig:
                                            stream_names={'cam': '/camera', 'joint_states': '/js'})
 
     def publish(self, camera: bool = True) -> None:
+        """The messages of one period, through the controller's checked inputs, as the node does."""
         if camera:
-            self.controller.history.push_image('cam', self.now, np.zeros((8, 8, 3), np.uint8))
-        self.controller.history.push_joint_state(self.now, ['j2', 'j1'], self.position[::-1])
+            assert self.controller.push_frame('cam', self.now, np.zeros((8, 8, 3), np.uint8), self.now) is None
+        assert self.controller.push_joint_state(self.now, ['j2', 'j1'], self.position[::-1], self.now) is None
 
     def step(self, camera: bool = True, settle: bool = True):
         """One period: new messages, a tick, then (settle) let the worker handle that tick's wake-up, so
@@ -188,3 +189,27 @@ def test_chunk_end_replanning_executes_each_chunk_before_asking_for_the_next():
     # 40 ticks of 8-action chunks: about 40 / 7 chunks when committing, one per tick otherwise.
     assert calls['chunk_end'] <= 10, calls
     assert calls['every_tick'] >= 25, calls
+
+
+def test_clock_going_back_restarts_from_new_messages_instead_of_holding_for_the_jump():
+    """A looped bag under use_sim_time or an NTP step moves the clock back: what was stored is then
+    stamped in the future. The controller drops it and runs again on the next messages, instead of
+    holding (and ignoring new chunks as older than the executed one) until the clock catches up."""
+    rig = Rig(FakePolicy())
+    rig.publish()
+    rig.controller.start()
+    try:
+        for _ in range(40):
+            if rig.step().state is HealthState.RUNNING:
+                break
+        assert rig.controller.status(rig.now).state == 'RUNNING'
+        rig.now -= 30.0
+        jumped = rig.step()
+        assert 'clock went back 29.9' in jumped.log_message
+        assert jumped.state is HealthState.HOLD and jumped.reason.code is not HoldCode.STALE_OBSERVATION
+        np.testing.assert_allclose(jumped.points, [rig.position])  # holds where the arm is
+        states = [rig.step().state for _ in range(10)]
+        assert HealthState.RUNNING in states[:6], states
+        assert all(s is HealthState.RUNNING for s in states[states.index(HealthState.RUNNING):])
+    finally:
+        assert rig.controller.shutdown()

@@ -104,6 +104,9 @@ class PolicyController:
         self._policy_fn = policy_fn
         self.worker = self._new_worker()
         self._worker_used = False
+        self._latest_now: float | None = None  # the newest `now` seen, to notice the clock going back
+        self._clock_message: str | None = None  # set when it did, logged by the next tick
+        self._clock_lock = threading.Lock()
 
     def _new_worker(self) -> InferenceWorker:
         return InferenceWorker(self._policy_fn, self._newest_window, n_obs_steps=self.cfg.n_obs_steps,
@@ -144,6 +147,7 @@ class PolicyController:
                          now: float) -> HoldReason | None:
         """Store a joint state if it can be trusted (control.measurement's rules), else reject it with
         its reason: it is not stored, and the node holds until a good one arrives."""
+        self._forget_the_future(now)
         stream = self.history.stream_name(JOINT_STATE_STREAM)
         checked = check_joint_state(names, positions, stamp, now, self.limits, stream, self.cfg.measurement)
         if isinstance(checked, HoldReason):
@@ -155,6 +159,7 @@ class PolicyController:
     def push_frame(self, camera_key: str, stamp: float, frame: Any, now: float) -> HoldReason | None:
         """Store a camera frame (an image, or a raw frame for the history's decoder) unless its stamp is
         in the future; see `reject_frame` for frames the caller found malformed."""
+        self._forget_the_future(now)
         stream = self.history.stream_name(camera_key)
         fault = check_stamp(stamp, now, stream, self.cfg.measurement)
         if fault is not None:
@@ -185,8 +190,13 @@ class PolicyController:
         (problems the caller found itself) hold the arm like any other fault. With
         `wake_worker=False` the caller wakes it (`request_chunk()`) when `result.wants_chunk`, e.g.
         after publishing this tick's points and pushing the frames the worker's window should see."""
+        self._forget_the_future(now)
+        with self._clock_lock:
+            clock_message, self._clock_message = self._clock_message, None
+        if clock_message is not None:
+            self.executor.reset()  # only the timer's thread touches the executor
         chunk = self.worker.take_chunk()
-        if chunk is not None:
+        if chunk is not None and chunk.obs_time <= now + self.cfg.max_obs_age_s:
             self.executor.submit(chunk)
         wants_chunk = self._time_to_replan(now) and not (self.health.stopped or self.health.estopped)
         if wants_chunk and wake_worker:
@@ -211,7 +221,23 @@ class PolicyController:
             # The old plan no longer starts where the arm is; resume from fresh chunks only.
             self.executor.reset()
             points = self._hold_point(now, latest)
-        return TickResult(verdict.state, verdict.reason, points, verdict.log_message, wants_chunk)
+        log_message = '; '.join(m for m in (clock_message, verdict.log_message) if m) or None
+        return TickResult(verdict.state, verdict.reason, points, log_message, wants_chunk)
+
+    def _forget_the_future(self, now: float) -> None:
+        """After the clock goes back (a looped bag under use_sim_time, an NTP step), everything stored
+        is stamped in the future: health would hold for as long as the jump and the executor would
+        ignore every new chunk as older than its own. Start again from the next messages instead.
+        Called with every input's and tick's `now`, so the first message after the jump is kept."""
+        with self._clock_lock:
+            last = self._latest_now
+            self._latest_now = now
+            if last is None or now >= last - self.cfg.max_obs_age_s:
+                return
+            self.history.clear()
+            self.worker.clock_went_back()
+            self._clock_message = (f'the clock went back {last - now:.3f} s (a looped bag or a clock '
+                                   'step): observations and chunks from before the jump dropped')
 
     def _hold_point(self, now: float, latest: tuple[float, np.ndarray] | HoldReason) -> np.ndarray | None:
         """HOLD's single point: the last trusted measurement, clamped into the position limits, or None

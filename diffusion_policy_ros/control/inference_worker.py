@@ -65,6 +65,7 @@ class InferenceWorker:
         self._last_error: HoldReason | None = None
         self._bad_frame: HoldReason | None = None
         self._last_obs_time = -np.inf
+        self._clock_went_back = threading.Event()
         self._idle_poll_s = idle_poll_s
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -78,6 +79,11 @@ class InferenceWorker:
         with self._slot_lock:
             chunk, self._slot = self._slot, None
         return chunk
+
+    def clock_went_back(self) -> None:
+        """Observations are stamped earlier than the last one used from now on: accept them (the next
+        step starts afresh; a chunk still being computed is from before the jump and its caller drops it)."""
+        self._clock_went_back.set()
 
     def latest_chunk(self) -> ActionChunk | None:
         """The newest chunk produced, taken or not."""
@@ -140,6 +146,9 @@ class InferenceWorker:
 
     def _step(self) -> None:
         begin = time.perf_counter()
+        if self._clock_went_back.is_set():
+            self._clock_went_back.clear()
+            self._last_obs_time = -np.inf
         try:
             window = self._window_fn()
         except Exception as exc:  # noqa: BLE001 - the worker must survive anything a callback does

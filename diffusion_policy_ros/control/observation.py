@@ -191,6 +191,11 @@ class ObservationHistory:
                              f'{positions.size} positions')
         self._joints.push(stamp, JointStateSample(tuple(names), positions))
 
+    def clear(self) -> None:
+        """Forget every stored message (the clock went back: they would all look future-stamped)."""
+        for buffer in (*self._cameras.values(), self._joints):
+            buffer.clear()
+
     def latest_stamps(self) -> dict[str, float | None]:
         """Latest stamp per stream, named for humans (topic), for the health monitor."""
         stamps = {self.stream_name(k): b.latest_stamp() for k, b in self._cameras.items()}
