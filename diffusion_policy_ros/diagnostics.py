@@ -147,6 +147,7 @@ class GuardStatus(NodeStatus):
     plans_superseded: int = 0
     holds: int = 0
     executing_blocked: int = 0
+    evasions: int = 0  # motions out of a moving object's way sent instead of a hold
     planning_time_p50_ms: float = field(default=NAN, metadata=_digits(3))
     planning_time_p99_ms: float = field(default=NAN, metadata=_digits(3))
     last_planning_time_ms: float = field(default=NAN, metadata=_digits(3))

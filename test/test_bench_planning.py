@@ -33,7 +33,7 @@ def test_quick_mode_writes_every_field(tmp_path):
     assert set(cells) == set(SCENES)
     fields = {'episodes', 'successes', 'success_rate', 'success_ci95', 'episodes_with_contact', 'contacts',
               'time_to_success_s', 'path_length_rad', 'mean_squared_jerk', 'inference_ms', 'check_ms', 'plan_ms',
-              'fallbacks', 'replans', 'holds', 'seeds', 'failed_seeds'}
+              'fallbacks', 'replans', 'holds', 'evasions', 'seeds', 'failed_seeds'}
     for scene in SCENES:
         assert set(cells[scene]) == set(ARMS)
         for arm in ARMS:

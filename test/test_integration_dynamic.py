@@ -1,6 +1,7 @@
 """A box crossing the workspace (reach_around_dynamic) and a checked trajectory it will cross: without
 the guard the arm is hit; with the guard over DDS (sim on /clock, the box on the scene topic at 30 Hz)
-the trajectory is cut while it executes, before the contact, with no new proposal (issue 15)."""
+the trajectory is cut while it executes, before the contact, with no new proposal (issue 15). And an
+arm that stands where the box is going: holding there is hit; the guard's evasion moves it away in time."""
 from __future__ import annotations
 
 import numpy as np
@@ -43,12 +44,12 @@ def test_without_a_guard_the_box_hits_the_arm():
         assert arm.task_status().info['moving_obstacle_contacts'] > 0
 
 
-@pytest.mark.ros
-def test_the_guard_cuts_a_trajectory_the_moving_box_will_cross_before_contact():
-    points, dt = crossing_trajectory()
+def run_over_dds(points: np.ndarray, dt: float, **guard_params) -> tuple[dict, dict]:
+    """The sim (on /clock, the box on the scene topic at 30 Hz) and the guard as nodes; `points` proposed
+    once, due from START_S of the episode. Returns the sim's final task status and the guard's diagnostics."""
     sim = NodeProcess('diffusion_policy_ros.nodes.sim_robot_node',
-                      {'task': TASK, 'seed': SEED, 'camera_rate_hz': 2.0})
-    guard = NodeProcess('diffusion_policy_ros.nodes.collision_guard_node', {'use_sim_time': True})
+                      {'task': TASK, 'seed': SEED, 'camera_rate_hz': 2.0, 'status_rate_hz': 10.0})
+    guard = NodeProcess('diffusion_policy_ros.nodes.collision_guard_node', {'use_sim_time': True, **guard_params})
     probe = SpinningNode('dynamic_probe')
     node = probe.node
     status, guard_diag = watch_sim_and_guard(node)
@@ -62,6 +63,8 @@ def test_the_guard_cuts_a_trajectory_the_moving_box_will_cross_before_contact():
         episode = status.get('episode', 0)
         reset.call_async(Trigger.Request())
         wait_for(lambda: status.get('episode', 0) > episode, 30, 'the episode to restart')
+        # past the sim's settling after a reset (it ignores commands for reset_settle_s, 0.2 s)
+        wait_for(lambda: status['episode_time'] >= 0.3, 30, 'the sim to settle after the reset')
         assert status['episode_time'] < START_S - 0.2, f'the status came too late: {status}'
         msg = JointTrajectory(joint_names=list(PANDA_JOINTS))
         msg.header.stamp = seconds_to_stamp(status['sim_time'] - status['episode_time'] + START_S)
@@ -70,16 +73,23 @@ def test_the_guard_cuts_a_trajectory_the_moving_box_will_cross_before_contact():
                                                    time_from_start=seconds_to_duration((k + 1) * dt)))
         proposals.publish(msg)
         wait_for(lambda: status.get('done') or not (sim.alive() and guard.alive()), 60, 'the episode to end')
-        wait_for(lambda: 'executing_blocked' in guard_diag, 5, 'guard diagnostics')
+        wait_for(lambda: 'evasions' in guard_diag, 5, 'guard diagnostics')
         assert sim.alive() and guard.alive(), guard.output
         assert int(guard_diag['chunks_passed']) >= 1, f'the trajectory was not forwarded: {guard_diag}'
-        assert int(guard_diag['executing_blocked']) >= 1, f'the guard never cut it: {guard_diag}'
-        contacts = status['info']['moving_obstacle_contacts']
-        assert contacts == 0, f'the box hit the arm {contacts} time(s); guard: {guard_diag}\n{guard.output}'
+        assert status['commands_accepted'] >= 1, f'the sim executed nothing: {status}'
+        return dict(status), {**guard_diag, 'output': guard.output}
     finally:
         probe.close()
         for proc in (guard, sim):
             proc.stop()
+
+
+@pytest.mark.ros
+def test_the_guard_cuts_a_trajectory_the_moving_box_will_cross_before_contact():
+    status, guard_diag = run_over_dds(*crossing_trajectory())
+    assert int(guard_diag['executing_blocked']) >= 1, f'the guard never cut it: {guard_diag}'
+    contacts = status['info']['moving_obstacle_contacts']
+    assert contacts == 0, f'the box hit the arm {contacts} time(s); guard: {guard_diag}'
 
 
 def test_the_guard_in_the_sim_loop_keeps_the_box_off_the_arm():
@@ -103,3 +113,50 @@ def test_the_guard_in_the_sim_loop_keeps_the_box_off_the_arm():
         rollout(arm, act, cameras=())
         assert guard.guard.counters.executing_blocked >= 1
         assert arm.task_status().info['moving_obstacle_contacts'] == 0
+
+
+def standing_in_the_way() -> np.ndarray:
+    """The crossing trajectory sped up to reach the box's line a second after START_S, on the 0.1 s
+    control grid; the arm then stands there, two seconds before the box comes."""
+    points, _ = crossing_trajectory()
+    steps = 10
+    return np.stack([np.interp(np.arange(1, steps + 1) / steps, np.arange(1, POINTS + 1) / POINTS, points[:, j])
+                     for j in range(points.shape[1])], axis=1)
+
+
+@pytest.mark.parametrize('evade', [False, True])
+def test_an_arm_standing_in_the_boxs_way_is_moved_out_of_it_by_the_guard(evade):
+    """Holding where the box goes waits for the hit (evasion off: contact); the guard's evasion moves
+    the arm out of the way before the box arrives (GuardFilter, the benchmark's hybrid arm)."""
+    from diffusion_policy_ros.sim.hybrid import GuardFilter, guard_config
+    from diffusion_policy_ros.sim.rollout import rollout
+    grid = standing_in_the_way()
+    with SimArm(SimConfig(task=TASK, seed=SEED)) as arm:
+        guard = GuardFilter(arm, guard_config(evasion_max_duration_s=1.0 if evade else 0.0))
+        sent = {'done': False}
+
+        def act(t: float):
+            if t >= START_S - 1e-9 and not sent['done']:
+                sent['done'] = True
+                return guard(t, grid, 0.1)
+            return guard(t, None, 0.1)
+
+        rollout(arm, act, cameras=())
+        contacts = arm.task_status().info['moving_obstacle_contacts']
+        if evade:
+            assert guard.guard.counters.evasions >= 1 and contacts == 0, (guard.guard.counters, contacts)
+        else:
+            assert guard.guard.counters.evasions == 0 and contacts > 0
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize('evade', [False, True])
+def test_over_dds_the_guard_moves_an_arm_standing_in_the_boxs_way_out_of_it(evade):
+    status, guard_diag = run_over_dds(standing_in_the_way(), 0.1,
+                                      evasion_max_duration_s=1.0 if evade else 0.0)
+    contacts = status['info']['moving_obstacle_contacts']
+    if not evade:
+        assert int(guard_diag['evasions']) == 0 and contacts > 0, (status, guard_diag)
+        return
+    assert int(guard_diag['evasions']) >= 1, f'the guard never evaded: {status} {guard_diag}'
+    assert contacts == 0, f'the box hit the arm {contacts} time(s); guard: {guard_diag}'

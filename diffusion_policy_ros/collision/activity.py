@@ -120,7 +120,7 @@ class GuardActivity:
             chunks_reviewed=counters.chunks_reviewed, chunks_passed=counters.chunks_passed,
             blocked_chunks=counters.chunks_blocked, fallbacks_planned=counters.fallbacks_planned,
             planning_failures=counters.planning_failures, plans_superseded=counters.plans_superseded,
-            holds=counters.holds, executing_blocked=counters.executing_blocked,
+            holds=counters.holds, executing_blocked=counters.executing_blocked, evasions=counters.evasions,
             planning_time_p50_ms=ms(planning, 50), planning_time_p99_ms=ms(planning, 99),
             last_planning_time_ms=1000 * planning[-1] if planning else float('nan'),
             fallback_active=bool(guard.fallback_active),

@@ -37,6 +37,10 @@ class CollisionGuardConfig:
     planning_time_budget_s: float = 0.1
     # s: a marker object seen moving is held swept over where it goes in this time (0: where it is)
     moving_object_lookahead_s: float = 1.0
+    # s: when the arm stands in a moving object's way, the longest straight motion out of it the guard
+    # sends instead of holding there (collision/evasion.py); 0 turns evasion off
+    evasion_max_duration_s: float = 1.0
+    evasion_link: str = ''  # the link moved out of the way; '' = the one on the last revolute joint
     control_period_s: float = 0.1  # spacing of the fallback's trajectory points
     planner_seed: int = 0  # 0: a fresh random seed per process; > 0: reproducible plans
     moveit_group: str = 'arm'
@@ -50,7 +54,7 @@ class CollisionGuardConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f'parameter {name} must be positive and finite, got {value!r}')
-        for name in ('padding', 'limit_tolerance', 'moving_object_lookahead_s'):
+        for name in ('padding', 'limit_tolerance', 'moving_object_lookahead_s', 'evasion_max_duration_s'):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f'parameter {name} must be non-negative and finite, got {value!r}')

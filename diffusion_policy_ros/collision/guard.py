@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from .checker import DEFAULT_MAX_JOINT_STEP, PathResult, StateResult
+from .evasion import Evader
 from .planner import Plan, PlanningFailed
 
 ACTIONS = ('pass', 'replace', 'hold', 'reject', 'plan')
@@ -99,6 +100,7 @@ class GuardCounters:
     plans_superseded: int = 0  # plans finished after a newer decision had been sent: not sent
     holds: int = 0
     executing_blocked: int = 0  # trajectories cut while executing, because the scene changed
+    evasions: int = 0  # motions out of a moving object's way, sent instead of a hold
     check_latency_s: deque = field(default_factory=lambda: deque(maxlen=1000))
     planning_time_s: deque = field(default_factory=lambda: deque(maxlen=200))
 
@@ -113,6 +115,13 @@ class _ActiveFallback:
     started_s: float
 
 
+@dataclass
+class _ActiveEvasion:
+    chunk: TrajectoryChunk  # the evasive motion, as sent
+    started_s: float
+    threat: str
+
+
 @dataclass(frozen=True)
 class _Executing:
     chunk: TrajectoryChunk  # the last trajectory sent to the arm
@@ -125,14 +134,17 @@ class CollisionGuard:
     While a fallback runs, each new chunk is checked: a free one takes over at once; a colliding one
     lets the running fallback continue (its remainder re-checked against the current scene). When the
     scene changes, `recheck` looks at what the arm is still executing (`record_sent`) and cuts it at
-    its last safe point the moment it collides, before any new chunk is proposed.
+    its last safe point the moment it collides, before any new chunk is proposed. With an `evader`, an
+    arm whose measured state lies in a moving object's way is moved out of it instead of held there.
     """
 
     def __init__(self, checker: StateChecker, planner: MotionPlanner, *,
                  max_joint_step: float = DEFAULT_MAX_JOINT_STEP, hold_time_s: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, evader: Evader | None = None) -> None:
         self.checker = checker
         self.planner = planner
+        self.evader = evader
+        self._evasion: _ActiveEvasion | None = None
         self.max_joint_step = max_joint_step
         self.hold_time_s = hold_time_s
         self.clock = clock
@@ -188,6 +200,7 @@ class CollisionGuard:
             if result.valid:
                 took_over = self._fallback is not None
                 self._fallback = None
+                self._evasion = None
                 self.counters.chunks_passed += 1
                 self._sent_sequence = sequence
                 return GuardDecision('pass', chunk, 'free; takes over from the fallback' if took_over else 'free',
@@ -202,10 +215,15 @@ class CollisionGuard:
             if escape is not None:
                 with self._lock:
                     self._fallback = None
+                    self._evasion = None
                     self.counters.chunks_passed += 1
                 return self._sent(sequence, GuardDecision(
                     'pass', chunk, f'measured state is invalid ({result.reason}); the chunk leaves it with a '
                     f'{escape:.3f} rad first step and is free after it', stats))
+            evasion = self._evade(start, names, columns, now_s)
+            if evasion is not None:
+                return self._sent(sequence, GuardDecision(
+                    'replace', evasion, f'measured state is invalid ({result.reason}); {self._evasion_text()}', stats))
             with self._lock:
                 self.counters.holds += 1
             return self._sent(sequence, GuardDecision('hold', self._hold(measured, names),
@@ -321,10 +339,14 @@ class CollisionGuard:
         times = np.asarray(chunk.time_from_start, dtype=float)
         remaining = times > elapsed
         start, problem = self._measured_configuration(measured)
-        if not remaining.any() or problem is not None:
-            return None  # at rest at its last point; or unmeasurable, which the next check rejects
+        if problem is not None:
+            return None  # unmeasurable, which the next check rejects
         names = tuple(chunk.joint_names)
         columns = _joint_columns(self.checker.joint_names, names)
+        if self.evader is not None and not self.checker.check_state(start).valid:
+            return self._evade_now(measured, start, names, columns, now_s)
+        if not remaining.any():
+            return None  # at rest at its last point, which is free
         waypoints = _full_configuration(start, columns, chunk.positions[remaining])
         began = time.perf_counter()
         result = self.checker.check_path(start, waypoints, self.max_joint_step)
@@ -353,6 +375,52 @@ class CollisionGuard:
         request = PlanRequest(plan_sequence, dict(measured), start, waypoints, names, columns, result, stats,
                               now_s)
         return GuardDecision('replace', cut, f'{reason}; planning a fallback', stats, plan_request=request)
+
+    def _evade_now(self, measured: Mapping[str, float], start: np.ndarray, names: tuple[str, ...],
+                   columns: np.ndarray, now_s: float) -> GuardDecision | None:
+        """`recheck` when the arm stands where the scene now holds an object: the rest of the running
+        evasion while it stays clear (sent again: the arm may have been sent something else since), a new
+        one when it does not, else a hold at the measured state."""
+        evasion = self._evade(start, names, columns, now_s)
+        with self._lock:
+            self._sequence += 1
+            self._sent_sequence = max(self._sent_sequence, self._sequence)
+            self._fallback = None
+            if evasion is None:
+                self.counters.holds += 1
+        if evasion is not None:
+            return GuardDecision('replace', evasion, f'scene changed: the arm stands in the way; {self._evasion_text()}')
+        return GuardDecision('hold', self._hold(measured, names),
+                             'scene changed: the arm stands in the way and no evasion is clear; holding')
+
+    def _evade(self, start: np.ndarray, names: tuple[str, ...], columns: np.ndarray,
+               now_s: float) -> TrajectoryChunk | None:
+        """The rest of the running evasion while it stays clear, else a new one (None: none is clear)."""
+        if self.evader is None:
+            return None
+        active = self._evasion
+        if active is not None and active.chunk.joint_names == names:
+            times = active.chunk.time_from_start
+            remaining = times > now_s - active.started_s
+            if remaining.any():
+                rest = active.chunk.positions[remaining]
+                if self.evader.clear(start, _full_configuration(start, columns, rest)):
+                    return TrajectoryChunk(names, rest, times[remaining] - (now_s - active.started_s))
+        found = self.evader.escape(start, names)
+        if found is None:
+            self._evasion = None
+            return None
+        chunk = TrajectoryChunk(names, found.points[:, columns], found.times)
+        self._evasion = _ActiveEvasion(chunk, now_s, f'{found.threat} ({found.direction}, '
+                                                     f'{found.duration_s:.1f} s)')
+        with self._lock:
+            self._fallback = None
+            self.counters.evasions += 1
+        return chunk
+
+    def _evasion_text(self) -> str:
+        active = self._evasion
+        return f'evading {active.threat}' if active is not None else 'evading'
 
     def _sent(self, sequence: int, decision: GuardDecision) -> GuardDecision:
         with self._lock:
@@ -421,6 +489,7 @@ class CollisionGuard:
         """
         with self._lock:
             self._fallback = None
+            self._evasion = None
         names = tuple(names)
         if not names or len(set(names)) != len(names) or not set(names) <= set(self.checker.joint_names):
             names = tuple(n for n in self.checker.joint_names if n in measured)

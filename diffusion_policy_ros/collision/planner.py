@@ -270,44 +270,47 @@ class FallbackPlanner(GoalChoosingPlanner):
         return search
 
     def _time_parameterise(self, vertices: np.ndarray) -> np.ndarray | None:
-        """Rest-to-rest, time-optimal along each straight segment, sampled every control period.
+        return time_parameterise(vertices, self.limits, self.control_period)
 
-        ruckig times the path parameter s in [0, 1] of q = a + s (b - a), with the tightest joint's
-        limits divided by its share of the segment: the arm stays exactly on the validated line
-        (multi-DoF phase synchronisation is not guaranteed once jerk limits or a minimum duration
-        apply). Each segment is stretched to a whole number of periods so every vertex is a sample,
-        and the controller's straight interpolation between samples never cuts a corner.
-        """
-        dt = self.control_period
-        otg = Ruckig(1)
-        request = InputParameter(1)
-        request.current_velocity = request.current_acceleration = [0.0]
-        request.target_velocity = request.target_acceleration = [0.0]
-        request.current_position, request.target_position = [0.0], [1.0]
-        samples = [vertices[0]]
-        for a, b in zip(vertices[:-1], vertices[1:]):
-            delta = b - a
-            span = np.abs(delta)
-            if span.max() < 1e-12:
-                continue
-            moving = span > 0
-            request.max_velocity = [float(np.min(self.limits.velocity[moving] / span[moving]))]
-            request.max_acceleration = [float(np.min(self.limits.acceleration[moving] / span[moving]))]
-            request.max_jerk = [float(np.min(self.limits.jerk[moving] / span[moving]))]
-            request.minimum_duration = None
+
+def time_parameterise(vertices: np.ndarray, limits: MotionLimits, dt: float) -> np.ndarray | None:
+    """Rest-to-rest, time-optimal along each straight segment, sampled every control period.
+
+    ruckig times the path parameter s in [0, 1] of q = a + s (b - a), with the tightest joint's
+    limits divided by its share of the segment: the arm stays exactly on the validated line
+    (multi-DoF phase synchronisation is not guaranteed once jerk limits or a minimum duration
+    apply). Each segment is stretched to a whole number of periods so every vertex is a sample,
+    and the controller's straight interpolation between samples never cuts a corner.
+    """
+    otg = Ruckig(1)
+    request = InputParameter(1)
+    request.current_velocity = request.current_acceleration = [0.0]
+    request.target_velocity = request.target_acceleration = [0.0]
+    request.current_position, request.target_position = [0.0], [1.0]
+    samples = [vertices[0]]
+    for a, b in zip(vertices[:-1], vertices[1:]):
+        delta = b - a
+        span = np.abs(delta)
+        if span.max() < 1e-12:
+            continue
+        moving = span > 0
+        request.max_velocity = [float(np.min(limits.velocity[moving] / span[moving]))]
+        request.max_acceleration = [float(np.min(limits.acceleration[moving] / span[moving]))]
+        request.max_jerk = [float(np.min(limits.jerk[moving] / span[moving]))]
+        request.minimum_duration = None
+        trajectory = Trajectory(1)
+        if otg.calculate(request, trajectory) not in (Result.Working, Result.Finished):
+            return None
+        periods = max(1, math.ceil(trajectory.duration / dt - 1e-9))
+        if periods * dt > trajectory.duration + 1e-12:
+            request.minimum_duration = periods * dt
             trajectory = Trajectory(1)
             if otg.calculate(request, trajectory) not in (Result.Working, Result.Finished):
                 return None
-            periods = max(1, math.ceil(trajectory.duration / dt - 1e-9))
-            if periods * dt > trajectory.duration + 1e-12:
-                request.minimum_duration = periods * dt
-                trajectory = Trajectory(1)
-                if otg.calculate(request, trajectory) not in (Result.Working, Result.Finished):
-                    return None
-            for k in range(1, periods):
-                samples.append(a + trajectory.at_time(k * dt)[0][0] * delta)
-            samples.append(b.copy())
-        return np.array(samples)
+        for k in range(1, periods):
+            samples.append(a + trajectory.at_time(k * dt)[0][0] * delta)
+        samples.append(b.copy())
+    return np.array(samples)
 
 
 def choose_goal(checker, waypoints: np.ndarray, path_result: PathResult) -> tuple[str, np.ndarray | None]:

@@ -110,7 +110,23 @@ class MarkerScene:
 
     def velocities(self) -> dict[str, np.ndarray]:
         """The last measured velocity of each marker object present (m/s, world)."""
-        return {n: self._motion[n][2] for n in self._from_markers if n in self._motion}
+        motion = dict(self._motion)  # copies (atomic under the GIL): the evader reads from another thread
+        return {n: motion[n][2] for n in dict(self._from_markers) if n in motion}
+
+    def moving(self) -> dict[str, tuple[SceneObject, np.ndarray]]:
+        """The marker objects seen moving: name -> (the object where it was last seen, velocity m/s)."""
+        present = dict(self._from_markers)
+        return {n: (present[n], v) for n, v in self.velocities().items() if n in present and np.any(v)}
+
+    def objects_over(self, begin_s: float, end_s: float) -> list[SceneObject]:
+        """Every object, each one seen moving grown to cover where it will be from `begin_s` to `end_s`
+        after it was last seen (at its measured velocity); the guard's scene is `objects_over(0, lookahead)`."""
+        present = dict(self._from_markers)
+        for name, (obj, velocity) in self.moving().items():
+            if begin_s:
+                obj = replace(obj, pose=(*(np.asarray(obj.pose[:3]) + velocity * begin_s), *obj.pose[3:]))
+            present[name] = swept(obj, velocity, max(0.0, end_s - begin_s))
+        return list({**self.configured, **present}.values())
 
     def _track(self, obj: SceneObject, stamp_s: float) -> None:
         centre = np.asarray(obj.pose[:3], dtype=float)
@@ -166,10 +182,6 @@ class MarkerScene:
                 applied += 1
             else:
                 ignored.append(f'marker ns={marker.ns!r} id={marker.id}: unknown action {marker.action}')
-        present = dict(self._from_markers)
-        if self.lookahead_s > 0:
-            for name, velocity in self.velocities().items():
-                if np.any(velocity):
-                    present[name] = swept(present[name], velocity, self.lookahead_s)
-        changed = self.scene.set_objects({**self.configured, **present}.values())
+        changed = self.scene.set_objects(self.objects_over(0.0, self.lookahead_s) if self.lookahead_s > 0 else
+                                         {**self.configured, **self._from_markers}.values())
         return SceneUpdate(changed, applied, ignored)

@@ -39,6 +39,7 @@ from diffusion_policy_ros.collision.config import (NODE_NAME, CollisionGuardConf
                                                    guard_node_parameters, guard_parameter_defaults,
                                                    read_guard_parameters)
 from diffusion_policy_ros.collision.guard import CollisionGuard, GuardDecision, TrajectoryChunk
+from diffusion_policy_ros.collision.evasion import Evader
 from diffusion_policy_ros.collision.moveit_backend import CollisionBackend, select_backend
 from diffusion_policy_ros.collision.robot_model import RobotModel
 from diffusion_policy_ros.collision.scene import Scene
@@ -105,7 +106,7 @@ class CollisionGuardNode(ReleasingLifecycleNode):
         self.get_logger().info(message)
         self.guard = CollisionGuard(self.backend.checker, self.backend.planner,
                                     max_joint_step=config.max_joint_step, hold_time_s=config.control_period_s,
-                                    clock=self._now)
+                                    clock=self._now, evader=Evader.from_config(self.model, self.scene, config))
         self.session = GuardSession(self.guard, config.planning_time_budget_s, self._measured, self._act,
                                     blocking_checks=self.backend.name == 'moveit',  # (they wait on this executor)
                                     on_error=self._on_planning_error)

@@ -70,7 +70,7 @@ def summarise(outcomes: Sequence[EpisodeOutcome], costs: CycleCosts,
         'mean_squared_jerk': mean(finite([o.mean_squared_jerk for o in outcomes])),
         'inference_ms': inference_ms, 'check_ms': _percentiles_ms(costs.check_s),
         'plan_ms': _percentiles_ms(costs.plan_s), 'fallbacks': costs.fallbacks, 'replans': costs.replans,
-        'holds': costs.holds, 'seeds': [o.seed for o in outcomes],
+        'holds': costs.holds, 'evasions': costs.evasions, 'seeds': [o.seed for o in outcomes],
         'failed_seeds': [o.seed for o in outcomes if not o.success],
     }
 
@@ -116,6 +116,7 @@ def run_policy(checkpoint: Path, task: str, seeds: Sequence[int], guarded: bool,
         costs.fallbacks += f.costs.fallbacks
         costs.replans += f.costs.replans
         costs.holds += f.costs.holds
+        costs.evasions += f.guard.counters.evasions
     latency = report.inference_latency_s
     inference = ({q: round(1e3 * latency[q], 2) for q in ('p50', 'p99')} if latency.get('count')
                  else {'p50': None, 'p99': None})

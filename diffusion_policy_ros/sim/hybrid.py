@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..collision.config import CollisionGuardConfig
+from ..collision.evasion import Evader
 from ..collision.guard import CollisionGuard, GuardDecision, TrajectoryChunk
 from ..collision.moveit_backend import select_backend
 from ..collision.planner import Plan
@@ -82,6 +83,7 @@ class CycleCosts:
     fallbacks: int = 0  # plans sent (guard fallbacks, classical plans and re-plans)
     replans: int = 0  # of those, caused by the scene blocking what was being executed
     holds: int = 0
+    evasions: int = 0  # guard: motions out of a moving object's way instead of a hold
 
 
 class _SceneTracker:
@@ -102,12 +104,14 @@ class GuardFilter:
     def __init__(self, arm: SimArm, config: CollisionGuardConfig | None = None) -> None:
         self.arm = arm
         self.config = config or guard_config()
-        backend, _ = select_backend('embedded', _panda_model(), self.config)
+        model = _panda_model()
+        backend, _ = select_backend('embedded', model, self.config)
         # One scene object for checker and planner: the loop is single-threaded.
         backend.planner.checker = backend.checker
-        self.guard = CollisionGuard(backend.checker, backend.planner, max_joint_step=self.config.max_joint_step,
-                                    hold_time_s=self.config.control_period_s, clock=lambda: arm.sim_time)
         self.scene = _SceneTracker(backend.checker.scene, self.config)
+        self.guard = CollisionGuard(backend.checker, backend.planner, max_joint_step=self.config.max_joint_step,
+                                    hold_time_s=self.config.control_period_s, clock=lambda: arm.sim_time,
+                                    evader=Evader.from_config(model, self.scene.markers, self.config))
         self.costs = CycleCosts()
 
     def __call__(self, t: float, points: np.ndarray | None, dt: float) -> np.ndarray | None:
