@@ -94,14 +94,22 @@ def test_the_guard_cuts_a_trajectory_the_moving_box_will_cross_before_contact():
 
 def test_the_guard_in_the_sim_loop_keeps_the_box_off_the_arm():
     """The same scenario through sim/hybrid.py's GuardFilter (the benchmark's hybrid arm), no DDS."""
-    from diffusion_policy_ros.sim.hybrid import GuardFilter
-    from diffusion_policy_ros.sim.rollout import rollout
     points, dt = crossing_trajectory()
     # The trajectory resampled on the control grid, sent once at START_S like a long proposed chunk.
     grid = np.stack([np.interp(np.arange(1, 1 + int(POINTS * dt / 0.1)) * 0.1, (np.arange(POINTS) + 1) * dt,
                                points[:, j]) for j in range(points.shape[1])], axis=1)
+    guard, contacts = run_in_sim_loop(grid)
+    assert guard.counters.executing_blocked >= 1
+    assert contacts == 0
+
+
+def run_in_sim_loop(grid: np.ndarray, **config) -> tuple:
+    """`grid` (points 0.1 s apart) sent once at START_S through GuardFilter (the benchmark's hybrid arm,
+    the shipped guard config with `config` changed); returns its CollisionGuard and the box's contacts."""
+    from diffusion_policy_ros.sim.hybrid import GuardFilter, guard_config
+    from diffusion_policy_ros.sim.rollout import rollout
     with SimArm(SimConfig(task=TASK, seed=SEED)) as arm:
-        guard = GuardFilter(arm)
+        guard = GuardFilter(arm, guard_config(**config))
         sent = {'done': False}
 
         def act(t: float):
@@ -111,8 +119,7 @@ def test_the_guard_in_the_sim_loop_keeps_the_box_off_the_arm():
             return guard(t, None, 0.1)
 
         rollout(arm, act, cameras=())
-        assert guard.guard.counters.executing_blocked >= 1
-        assert arm.task_status().info['moving_obstacle_contacts'] == 0
+        return guard.guard, arm.task_status().info['moving_obstacle_contacts']
 
 
 def standing_in_the_way() -> np.ndarray:
@@ -128,25 +135,11 @@ def standing_in_the_way() -> np.ndarray:
 def test_an_arm_standing_in_the_boxs_way_is_moved_out_of_it_by_the_guard(evade):
     """Holding where the box goes waits for the hit (evasion off: contact); the guard's evasion moves
     the arm out of the way before the box arrives (GuardFilter, the benchmark's hybrid arm)."""
-    from diffusion_policy_ros.sim.hybrid import GuardFilter, guard_config
-    from diffusion_policy_ros.sim.rollout import rollout
-    grid = standing_in_the_way()
-    with SimArm(SimConfig(task=TASK, seed=SEED)) as arm:
-        guard = GuardFilter(arm, guard_config(evasion_max_duration_s=1.0 if evade else 0.0))
-        sent = {'done': False}
-
-        def act(t: float):
-            if t >= START_S - 1e-9 and not sent['done']:
-                sent['done'] = True
-                return guard(t, grid, 0.1)
-            return guard(t, None, 0.1)
-
-        rollout(arm, act, cameras=())
-        contacts = arm.task_status().info['moving_obstacle_contacts']
-        if evade:
-            assert guard.guard.counters.evasions >= 1 and contacts == 0, (guard.guard.counters, contacts)
-        else:
-            assert guard.guard.counters.evasions == 0 and contacts > 0
+    guard, contacts = run_in_sim_loop(standing_in_the_way(), evasion_max_duration_s=1.0 if evade else 0.0)
+    if evade:
+        assert guard.counters.evasions >= 1 and contacts == 0, (guard.counters, contacts)
+    else:
+        assert guard.counters.evasions == 0 and contacts > 0
 
 
 @pytest.mark.ros
