@@ -60,7 +60,10 @@ def run_over_dds(points: np.ndarray, dt: float, **guard_params) -> tuple[dict, d
         from std_srvs.srv import Trigger
         reset = node.create_client(Trigger, '/sim_robot_node/reset')
         assert reset.wait_for_service(timeout_sec=30)
-        episode = status.get('episode', 0)
+        # the latched status first: read before it came, the episode number would be 0, and the current
+        # episode (not the reset's) would pass for the restart (a fresh-clone failure: episode_time 2.31)
+        wait_for(lambda: 'episode' in status, 30, 'the sim\'s task status')
+        episode = status['episode']
         reset.call_async(Trigger.Request())
         wait_for(lambda: status.get('episode', 0) > episode, 30, 'the episode to restart')
         # past the sim's settling after a reset (it ignores commands for reset_settle_s, 0.2 s)

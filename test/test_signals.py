@@ -167,7 +167,7 @@ def test_replay_stops_while_playing_and_while_starting(tmp_path):
 
 
 SPIN_WITH_A_DISGUISED_STOP = '''
-import os, signal, sys
+import os, signal, sys, time
 from diffusion_policy_ros.errors import StopRequested
 from diffusion_policy_ros.nodes.lifecycle import init_node_process, spin_until_stopped
 
@@ -177,7 +177,10 @@ class Executor:
         if sys.argv[1] == 'signal':
             try:
                 os.kill(os.getpid(), signal.SIGINT)
-                for _ in range(10**7):  # the handler runs between two bytecodes
+                # The handler runs between two bytecodes once the signal is delivered: a fixed 10**7-step
+                # loop ended first once, in a fresh clone on a loaded machine; give it 10 s.
+                deadline = time.monotonic() + 10.0
+                while time.monotonic() < deadline:
                     pass
             except StopRequested:
                 pass
