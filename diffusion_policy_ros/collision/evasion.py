@@ -95,13 +95,16 @@ class Evader:
         # geometry, ~3 ms for the Panda): within one call every candidate reuses the same windows. Made
         # here, at configure: making them on the first evasion cost it 100 ms more.
         periods = int(np.ceil(max_duration_s / control_period - 1e-9)) + 1
-        self._pool = [CollisionChecker(model, Scene(), padding, limit_tolerance=limit_tolerance)
-                      for _ in range(2 * periods)]
+        self._pool = [self._new_checker() for _ in range(2 * periods)]
         self._windows: dict[tuple[str, int], CollisionChecker] = {}
         q = np.clip(np.zeros(model.nq), model.limits.lower, model.limits.upper)
+        objects = markers.objects_over(0.0, 0.0)
         for checker in self._pool:  # their first scene build and check, paid here too
-            checker.scene.set_objects(markers.objects_over(0.0, 0.0))
+            checker.scene.set_objects(objects)
             checker.check_state(q)
+
+    def _new_checker(self) -> CollisionChecker:
+        return CollisionChecker(self.model, Scene(), self.padding, limit_tolerance=self.limit_tolerance)
 
     def escape(self, start: np.ndarray, joints: Sequence[str]) -> Evasion | None:
         """The quickest clear evasive motion from `start` moving only `joints` (their revolute ones), or
@@ -157,8 +160,7 @@ class Evader:
         checker = self._windows.get((kind, k))
         if checker is None:
             if len(self._pool) <= len(self._windows):
-                self._pool.append(CollisionChecker(self.model, Scene(), self.padding,
-                                                   limit_tolerance=self.limit_tolerance))
+                self._pool.append(self._new_checker())
             checker = self._pool[len(self._windows)]
             begin = k * self.control_period
             end = begin + (self.control_period if kind == 'moving' else self.markers.lookahead_s) + SCENE_AGE_S

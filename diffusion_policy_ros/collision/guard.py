@@ -377,7 +377,7 @@ class CollisionGuard:
         return GuardDecision('replace', cut, f'{reason}; planning a fallback', stats, plan_request=request)
 
     def _evade_now(self, measured: Mapping[str, float], start: np.ndarray, names: tuple[str, ...],
-                   columns: np.ndarray, now_s: float) -> GuardDecision | None:
+                   columns: np.ndarray, now_s: float) -> GuardDecision:
         """`recheck` when the arm stands where the scene now holds an object: the rest of the running
         evasion while it stays clear (sent again: the arm may have been sent something else since), a new
         one when it does not, else a hold at the measured state."""
