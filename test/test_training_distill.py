@@ -6,12 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 import yaml
 
 from diffusion_policy_ros.cli import main as cli_main
 from diffusion_policy_ros.core.checkpoint import load_checkpoint
-from diffusion_policy_ros.training.distill import DistillSection, DistillationLoss, make_student
+from diffusion_policy_ros.training.distill import (BANK_FILE, DistillSection, DistillationLoss, TeacherChunkBank,
+                                                   continue_from, make_student)
+from diffusion_policy_ros.training.train import TrainError
 from diffusion_policy_ros.training.plots import read_metrics
 from diffusion_policy_ros.training.synthetic import write_synthetic_dataset
 
@@ -87,3 +91,53 @@ def test_a_one_step_student_keeps_both_modes_where_the_teachers_own_one_step_ddi
     assert (modes == 1).float().mean() >= 0.3 and (modes == -1).float().mean() >= 0.3, modes.tolist()
     assert (modes != 0).float().mean() >= 0.8
     assert (one_step_teacher != 0).float().mean() < (modes != 0).float().mean()
+
+
+def test_stored_teacher_chunks_train_a_student_continued_from_an_earlier_one(tmp_path, teacher):
+    """`teacher_chunk_draws`: the teacher's chunks are computed once (draws per window) and kept in the
+    run, a resume reuses them; `init_student` starts from an earlier student, the encoder staying the
+    teacher's."""
+    config = yaml.safe_load((ROOT / 'config' / 'distill.yaml').read_text())
+    config['train'].update(batch_size=8, val_every=5, checkpoint_every=5, log_every=5)
+    (tmp_path / 'first.yaml').write_text(yaml.safe_dump(config))
+    data = json.loads((teacher / 'config.json').read_text())['provenance']['dataset']
+    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(tmp_path / 'first'),
+                     '--config', str(tmp_path / 'first.yaml'), '--steps', '5', '--no-progress']) == 0
+    earlier = tmp_path / 'first' / 'checkpoints' / 'latest'
+    config['distill'].update(teacher_chunk_draws=2, init_student=str(earlier))
+    (tmp_path / 'second.yaml').write_text(yaml.safe_dump(config))
+    run = tmp_path / 'second'
+    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(run), '--config',
+                     str(tmp_path / 'second.yaml'), '--steps', '5', '--no-progress']) == 0
+    bank = safetensors.torch.load_file(str(run / BANK_FILE))
+    key = safetensors.safe_open(str(run / BANK_FILE), framework='pt').metadata()
+    assert bank['teacher_chunk'].shape[0] == 2 * int(key['windows']) and TeacherChunkBank.load(run / BANK_FILE, key)
+    # the stored chunks are the teacher's DDIM chunks from the stored noise
+    teacher_policy = load_checkpoint(teacher)
+    expected = teacher_policy.sampler.sample(teacher_policy.denoiser, bank['noise'][:4].shape, bank['cond'][:4],
+                                             noise=bank['noise'][:4])
+    torch.testing.assert_close(bank['teacher_chunk'][:4], expected, atol=1e-5, rtol=1e-5)
+    provenance = json.loads((run / 'checkpoints' / 'latest' / 'config.json').read_text())['provenance']
+    assert provenance['distill']['init_student'] == str(earlier)
+    stamp = (run / BANK_FILE).stat().st_mtime_ns
+    assert cli_main(['distill', '--resume', str(run), '--steps', '7', '--no-progress']) == 0
+    assert (run / BANK_FILE).stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert read_metrics(run / 'metrics.csv')[-1]['step'] == 7
+
+
+def test_continue_from_loads_an_earlier_students_weights_but_keeps_the_teachers_encoder(tmp_path, teacher):
+    teacher_policy = load_checkpoint(teacher)
+    earlier = make_student(teacher_policy, 1)
+    with torch.no_grad():
+        for parameter in earlier.parameters():
+            parameter.add_(0.5)
+    from diffusion_policy_ros.training.adapters import save_policy_checkpoint
+    save_policy_checkpoint(earlier, tmp_path / 'earlier', {})
+    student = make_student(teacher_policy, 1)
+    continue_from(student, tmp_path / 'earlier', keep_encoder=True)
+    for (name, mine), theirs, teachers in zip(student.named_parameters(), earlier.parameters(),
+                                              teacher_policy.parameters()):
+        torch.testing.assert_close(mine, teachers if name.startswith('obs_encoder.') else theirs)
+    two_step = make_student(teacher_policy, 2)
+    with pytest.raises(TrainError, match='1 step'):
+        continue_from(two_step, tmp_path / 'earlier', keep_encoder=True)

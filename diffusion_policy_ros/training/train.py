@@ -152,6 +152,10 @@ class Objective:
     def loss_module(self, policy: nn.Module) -> nn.Module:
         return LossModule(policy)
 
+    def training_set(self, data: adapters.TrainingData, run_dir: Path, ctx: DistContext) -> Dataset:
+        """The samples the optimiser steps on (validation always uses `data.val`)."""
+        return data.train
+
     def meta(self) -> dict[str, Any]:
         """Saved with the training state (and the provenance) so `--resume` finds the same inputs."""
         return {}
@@ -259,7 +263,7 @@ def _train(cfg: TrainConfig, data_path: Path, run_dir: Path, resume: str | Path 
         else:  # a different number of processes: deterministic, but not the uninterrupted sequence
             _seed_everything(hash((cfg.train.seed, ctx.rank, step)) % 2**31)
 
-    train_set, val_set = dataset.train, dataset.val
+    train_set, val_set = objective.training_set(dataset, run_dir, ctx), dataset.val
     sampler = ResumableSampler(train_set, ctx, seed=cfg.train.seed)
     loader = make_loader(train_set, cfg, ctx, sampler=sampler, generator=loader_generator)
     val_loader = (make_loader(val_set, cfg, ctx, sampler=None, generator=None)
