@@ -418,6 +418,28 @@ def test_an_obstacle_arriving_on_the_executing_trajectory_cuts_it_before_the_con
     assert guard.recheck(measured, now_s=5.0) is None  # the executing chunk has ended
 
 
+def test_an_obstacle_arriving_while_the_joint_state_is_stale_holds_where_the_trajectory_has_taken_the_arm(panda):
+    """A scene change while the measurement cannot be trusted (stale joint states) used to be ignored: the
+    arm went on into the new object. Now the rest is checked from where the trajectory commands the arm
+    at this time, and it holds there (not at the old measurement, which would move it back)."""
+    guard = make_guard(panda, objects=())
+    chunk = chunk_towards(HOME + np.eye(8)[0] * 1.2)
+    guard.record_sent(chunk, started_s=0.0)
+    stale = dict(zip(PANDA_JOINTS, chunk.positions[0]))  # measured before the arm started
+    why = 'joint state of panda_joint1 on /joint_states is 0.90 s old by its arrival'
+    now = 0.35
+    assert guard.recheck(stale, now, untrusted=why) is None  # the rest is free: nothing to do
+    hand = hand_position(panda, chunk.positions[13])
+    guard.checker.scene.set_objects([SceneObject('arrived', 'sphere', (0.04,), tuple(hand))])
+    decision = guard.recheck(stale, now, untrusted=why)
+    assert decision is not None and decision.action == 'hold' and decision.plan_request is None, decision
+    assert why in decision.reason and guard.counters.executing_blocked == 1
+    times = chunk.time_from_start
+    commanded = [np.interp(now, times, chunk.positions[:, j]) for j in range(chunk.positions.shape[1])]
+    np.testing.assert_allclose(decision.trajectory.positions[0], commanded)
+    assert not np.allclose(decision.trajectory.positions[0], chunk.positions[0])
+
+
 def test_an_obstacle_on_the_very_next_step_of_the_executing_trajectory_holds(panda):
     guard = make_guard(panda, objects=())
     chunk = chunk_towards(HOME + np.eye(8)[0] * 1.2)

@@ -166,6 +166,27 @@ def test_a_scene_change_cuts_what_the_arm_executes_and_plans_on(panda):
         session.stop()
 
 
+def test_a_scene_change_while_the_joint_state_is_stale_still_stops_the_arm(panda):
+    """The session used to return at once when the measurement was untrusted, and the arm went on into
+    the new object."""
+    state = {'problem': None}
+    session, recorder = make_session(panda)
+    session.measure = lambda: (MEASURED, state['problem'])
+    try:
+        session.guard.checker.scene.set_objects([])
+        session.review(chunk_towards(BLOCKED), 'msg', 0, session.guard.clock(), '/proposed')
+        assert recorder.acts[0][0].action == 'pass'
+        session.guard.record_sent(recorder.acts[0][0].trajectory, session.guard.clock())
+        state['problem'] = 'joint state of panda_joint1 on /joint_states is 0.70 s old by its arrival'
+        session.guard.checker.scene.set_objects([BOX])
+        session.scene_changed(0)
+        assert len(recorder.acts) == 2, 'the scene change sent nothing'
+        decision, context, reaction = recorder.acts[1]
+        assert decision.action == 'hold' and reaction == 'scene' and '0.70 s old' in decision.reason
+    finally:
+        session.stop()
+
+
 def test_the_same_contact_is_one_warning_a_minute_and_the_status_reports_what_happened(panda, monkeypatch):
     session, recorder = make_session(panda)
     activity = GuardActivity()

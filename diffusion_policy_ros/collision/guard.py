@@ -325,11 +325,17 @@ class CollisionGuard:
         with self._lock:
             self._executing = _Executing(chunk, started_s)
 
-    def recheck(self, measured: Mapping[str, float], now_s: float | None = None) -> GuardDecision | None:
+    def recheck(self, measured: Mapping[str, float], now_s: float | None = None,
+                untrusted: str | None = None) -> GuardDecision | None:
         """After a scene change: None while the rest of what the arm executes is still free (or it has
         finished). Otherwise a 'replace' with the executing trajectory cut at its last safe waypoint
         (a hold at the measured position when even the next one is unsafe), to send at once, carrying
-        a `plan_request` for the fallback that continues from there, exactly as for a blocked chunk."""
+        a `plan_request` for the fallback that continues from there, exactly as for a blocked chunk.
+
+        `untrusted`: why the measurement cannot be trusted now (stale, a joint missing). The arm is then
+        taken to be where the executing trajectory commands it at this time; if the rest collides it
+        holds there (neither a hold at an old measurement, which would move it back, nor a plan or an
+        evasion from a state that is not known)."""
         now_s = self.clock() if now_s is None else now_s
         with self._lock:
             executing = self._executing
@@ -343,6 +349,8 @@ class CollisionGuard:
             return None  # unmeasurable, which the next check rejects
         names = tuple(chunk.joint_names)
         columns = _joint_columns(self.checker.joint_names, names)
+        if untrusted is not None:
+            return self._recheck_commanded(chunk, elapsed, start, columns, untrusted)
         if self.evader is not None and not self.checker.check_state(start).valid:
             return self._evade_now(measured, start, names, columns, now_s)
         if not remaining.any():
@@ -375,6 +383,36 @@ class CollisionGuard:
         request = PlanRequest(plan_sequence, dict(measured), start, waypoints, names, columns, result, stats,
                               now_s)
         return GuardDecision('replace', cut, f'{reason}; planning a fallback', stats, plan_request=request)
+
+    def _recheck_commanded(self, chunk: TrajectoryChunk, elapsed: float, last_measured: np.ndarray,
+                           columns: np.ndarray, untrusted: str) -> GuardDecision | None:
+        """`recheck` without a trusted measurement: check the rest of the executing trajectory from the
+        position it commands now; if it collides, hold there."""
+        times = np.asarray(chunk.time_from_start, dtype=float)
+        remaining = times > elapsed
+        if not remaining.any():
+            return None
+        positions = np.asarray(chunk.positions, dtype=float)
+        commanded = np.array([np.interp(elapsed, times, positions[:, j]) for j in range(positions.shape[1])])
+        start = last_measured.copy()
+        start[columns] = commanded
+        waypoints = _full_configuration(start, columns, positions[remaining])
+        began = time.perf_counter()
+        result = self.checker.check_path(start, waypoints, self.max_joint_step)
+        if result.valid:
+            return None
+        stats = ReviewStats(time.perf_counter() - began, result.checked_states, result.first_colliding_index,
+                            result.colliding_pair)
+        with self._lock:
+            self.counters.executing_blocked += 1
+            self.counters.holds += 1
+            self._sequence += 1
+            self._sent_sequence = max(self._sent_sequence, self._sequence)
+        names = tuple(chunk.joint_names)
+        hold = self._hold(dict(zip(names, commanded)), names)
+        return GuardDecision('hold', hold, f'scene changed: the executing trajectory now collides ({result.reason}) '
+                                           f'and the joint state cannot be trusted ({untrusted}); holding at the '
+                                           'position it commands now', stats)
 
     def _evade_now(self, measured: Mapping[str, float], start: np.ndarray, names: tuple[str, ...],
                    columns: np.ndarray, now_s: float) -> GuardDecision:

@@ -97,10 +97,8 @@ class GuardSession:
         if not self.active:
             return
         measured, problem = self.measure()
-        if problem is not None:
-            return  # the next proposal is rejected for it; nothing trusted to cut from
         try:
-            decision = guard.recheck(measured)
+            decision = guard.recheck(measured, untrusted=problem)
         except Exception as err:  # noqa: BLE001 - a failing re-check holds the arm
             decision = guard.reject(measured, guard.checker.joint_names, f'internal error while re-checking: {err!r}')
         if decision is None:
