@@ -7,7 +7,9 @@ so code that handles a ValueError keeps working.
 """
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Sequence
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # a terminal's Ctrl-C; systemd, supervisors and `kill`
 _received_stop_signal: str | None = None
@@ -34,13 +36,26 @@ def ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def stop_on_signals() -> dict[int, object]:
+# Where a node process's stop signal must not raise: rclpy's own Python code and the generated message
+# classes it calls from C. An exception raised there at an arbitrary bytecode left a half-built rclpy
+# Task whose __del__ printed a traceback (CI, 2026-12-03), or came out as pybind11's RuntimeError.
+ROS_CODE = (f'{os.sep}rclpy{os.sep}', f'{os.sep}msg{os.sep}_', f'{os.sep}srv{os.sep}_', f'{os.sep}action{os.sep}_')
+
+
+def stop_on_signals(defer_inside: Sequence[str] = ()) -> dict[int, object]:
     """Make SIGINT and SIGTERM raise StopRequested in the main thread, once (further ones are ignored
-    while it stops). Returns the handlers it replaced."""
+    while it stops). Returns the handlers it replaced.
+
+    `defer_inside`: path fragments of code the exception must not land in; when the signal arrives
+    there, the handler only records it, and the loop that called into that code stops on
+    `received_stop_signal()` (nodes.lifecycle.spin_until_stopped)."""
     def interrupt(signum: int, frame: object) -> None:
         global _received_stop_signal
         _received_stop_signal = signal.Signals(signum).name
         ignore_stop_signals()
+        filename = getattr(getattr(frame, 'f_code', None), 'co_filename', '')
+        if any(part in filename for part in defer_inside):
+            return
         raise StopRequested(_received_stop_signal)
     return {signum: signal.signal(signum, interrupt) for signum in STOP_SIGNALS}
 

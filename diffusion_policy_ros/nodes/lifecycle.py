@@ -6,7 +6,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from diffusion_policy_ros.errors import ignore_stop_signals, received_stop_signal, stop_on_signals
+from diffusion_policy_ros.errors import ROS_CODE, ignore_stop_signals, received_stop_signal, stop_on_signals
 from diffusion_policy_ros.heap import return_large_blocks_to_os
 from diffusion_policy_ros.nodes.dds import apply_dds_profile
 from diffusion_policy_ros.scheduling import MAX_REALTIME_PRIORITY, use_realtime_priority
@@ -48,22 +48,29 @@ def stop_taking_signals() -> None:
     ignore_stop_signals()
 
 
+STOP_CHECK_S = 0.2  # the longest a recorded stop signal waits for the spin loop (the wait is woken sooner)
+
+
 def init_node_process(args: list[str] | None) -> None:
     """rclpy.init for a node executable. SIGINT and SIGTERM raise StopRequested (errors.stop_on_signals):
     installed first, they are the handlers rclpy's own handlers call after waking the executor. Freed
     large blocks (oversized frames) go back to the OS (`heap`), so hours of them do not grow the node."""
     return_large_blocks_to_os()
     apply_dds_profile()
-    stop_on_signals()
+    stop_on_signals(defer_inside=ROS_CODE)
     rclpy.init(args=args)
 
 
 def spin_until_stopped(executor: SingleThreadedExecutor) -> None:
     """Spin until a stop signal or an external rclpy shutdown. Any other error propagates, except one
     raised by a stop signal in disguise (errors.received_stop_signal): seen when Ctrl-C landed while
-    rclpy converted a taken message, and pybind11 turned the StopRequested into a RuntimeError."""
+    rclpy converted a taken message, and pybind11 turned the StopRequested into a RuntimeError.
+
+    spin_once in a loop rather than spin(): a signal that lands in rclpy's code is only recorded there
+    (errors.ROS_CODE), and this loop stops on it; rclpy's own handler wakes the wait at once."""
     try:
-        executor.spin()
+        while received_stop_signal() is None and executor.context.ok():
+            executor.spin_once(timeout_sec=STOP_CHECK_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
