@@ -126,6 +126,20 @@ def test_hold_policy_fails_and_the_comparison_uses_the_same_seeds(arm):
     json.dumps(result, allow_nan=False)
 
 
+def test_the_window_sink_gets_every_window_the_policy_saw_in_the_episodes(arm, tmp_path):
+    """`dp-ros eval --save-windows` (on-policy distillation): each window the policy was called with in
+    the episodes, oldest frame first, and not the warm-up calls that measure the latency."""
+    policy, windows = OraclePolicy(arm), []
+    evaluate(policy, 'reach_around', 1, 1002, arm=arm, episode_seconds=2.5, window_sink=windows)
+    assert len(windows) == policy.calls - 3 >= 3  # three warm-up calls measured the latency
+    assert all(w['state'].shape == (2, 8) for w in windows)
+    assert not np.array_equal(windows[0]['state'], windows[-1]['state'])  # copies, not one reused buffer
+    from diffusion_policy_ros.data.windows import load_windows, save_windows
+    stacked, meta = load_windows(save_windows(tmp_path / 'w.safetensors', windows, {'task': 'reach_around'}))
+    assert stacked['state'].shape == (len(windows), 2, 8) and meta == {'task': 'reach_around'}
+    np.testing.assert_array_equal(stacked['state'][1], windows[1]['state'])
+
+
 def test_default_latency_is_measured_and_rounded_up_to_control_periods(arm):
     report = evaluate(OraclePolicy(arm), 'reach_around', 1, 1002, arm=arm)
     assert report.latency_s == pytest.approx(0.1)  # microseconds of work still cost one tick, as in the node

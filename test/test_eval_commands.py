@@ -164,3 +164,18 @@ def test_eval_runs_an_exported_checkpoint_with_its_own_execution_settings(checkp
                  '--episode-seconds', '0.4', '--latency-s', '0.1', '--out', str(tmp_path / 'eval')]) == 0
     report = json.loads((tmp_path / 'eval' / 'eval.json').read_text())  # one policy: its report
     assert (report['num_inference_steps'], report['n_action_steps'], report['blending']) == (3, 4, 'crossfade')
+
+
+def test_eval_cli_saves_the_windows_its_policy_saw(checkpoints, tmp_path, capsys):
+    from diffusion_policy_ros.data.windows import load_windows
+    windows_file = tmp_path / 'seen.safetensors'
+    assert main(['eval', '--checkpoint', str(checkpoints['dp_camera']), '--task', 'pick_place', '--episodes', '1',
+                 '--seed', '5000', '--episode-seconds', '0.6', '--latency-s', '0.2', '--no-gif',
+                 '--save-windows', str(windows_file)]) == 0
+    assert f'observation windows to {windows_file}' in capsys.readouterr().out
+    stacked, meta = load_windows(windows_file)
+    assert stacked['camera'].shape[1:] == (2, 40, 40, 3) and stacked['camera'].dtype == np.uint8
+    assert stacked['state'].shape == (len(stacked['camera']), 2, 8) and meta['seeds'] == '5000-5000'
+    assert main(['eval', '--checkpoint', str(checkpoints['dp_camera']), '--baseline', str(checkpoints['bc_camera']),
+                 '--task', 'pick_place', '--episodes', '1', '--save-windows', str(windows_file)]) == 2
+    assert '--save-windows records one policy' in capsys.readouterr().err

@@ -13,6 +13,7 @@ import yaml
 
 from diffusion_policy_ros.cli import main as cli_main
 from diffusion_policy_ros.core.checkpoint import load_checkpoint
+from diffusion_policy_ros.data.windows import save_windows
 from diffusion_policy_ros.training.distill import (BANK_FILE, DistillSection, DistillationLoss, TeacherChunkBank,
                                                    continue_from, make_student)
 from diffusion_policy_ros.training.train import TrainError
@@ -141,3 +142,38 @@ def test_continue_from_loads_an_earlier_students_weights_but_keeps_the_teachers_
     two_step = make_student(teacher_policy, 2)
     with pytest.raises(TrainError, match='1 step'):
         continue_from(two_step, tmp_path / 'earlier', keep_encoder=True)
+
+
+def test_rollout_windows_are_labelled_by_the_teacher_and_trained_on_beside_the_dataset(tmp_path, teacher, capsys):
+    """On-policy distillation: windows a student saw (dp-ros eval --save-windows) get the teacher's chunks
+    and join the training set; a windows file that does not fit the teacher is refused by name."""
+    teacher_policy = load_checkpoint(teacher)
+    n_obs, state_dim = teacher_policy.cfg.n_obs_steps, teacher_policy.obs_spec.state_dim
+    rng = np.random.default_rng(0)
+    windows = [{'state': rng.uniform(-1, 1, (n_obs, state_dim)).astype(np.float32)} for _ in range(10)]
+    save_windows(tmp_path / 'seen.safetensors', windows, {'policy': 'a student'})
+    config = yaml.safe_load((ROOT / 'config' / 'distill.yaml').read_text())
+    config['distill'].update(teacher_chunk_draws=2, rollout_windows=[str(tmp_path / 'seen.safetensors')])
+    config['train'].update(batch_size=8, val_every=3, checkpoint_every=3, log_every=3)
+    (tmp_path / 'distill.yaml').write_text(yaml.safe_dump(config))
+    data = json.loads((teacher / 'config.json').read_text())['provenance']['dataset']
+    run = tmp_path / 'student'
+    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(run), '--config',
+                     str(tmp_path / 'distill.yaml'), '--steps', '3', '--no-progress']) == 0
+    labelled = safetensors.torch.load_file(str(run / 'teacher_chunks_rollouts_0.safetensors'))
+    assert labelled['teacher_chunk'].shape[0] == 2 * len(windows)
+    with torch.no_grad():
+        cond = teacher_policy._condition(teacher_policy.encode_observations(teacher_policy._window_to_batch(windows[0])))
+        chunk = teacher_policy.sampler.sample(teacher_policy.denoiser, labelled['noise'][:1].shape, cond,
+                                              noise=labelled['noise'][:1])
+    torch.testing.assert_close(labelled['cond'][:1], cond, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(labelled['teacher_chunk'][:1], chunk, atol=1e-5, rtol=1e-5)
+
+    save_windows(tmp_path / 'other.safetensors', [{'state': np.zeros((n_obs, state_dim + 1), np.float32)}], {})
+    config['distill']['rollout_windows'] = [str(tmp_path / 'other.safetensors')]
+    (tmp_path / 'other.yaml').write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(tmp_path / 'other'),
+                     '--config', str(tmp_path / 'other.yaml'), '--steps', '3', '--no-progress']) == 2
+    error = capsys.readouterr().err
+    assert 'other.safetensors' in error and "'state' window must be" in error, error

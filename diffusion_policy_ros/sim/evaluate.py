@@ -41,6 +41,7 @@ from ..control.observation import ObservationWindow, example_observation
 from ..control.stats import RollingPercentiles
 from ..core.config import ExecutionConfig, ExecutionSettings
 from ..data.image_codec import prepare_model_image
+from ..data.windows import save_windows
 from ..robot_description import PANDA_JOINTS, panda_description
 from .arm import SimArm, SimConfig
 from .model import ALL_TASKS, base_task, mujoco
@@ -411,7 +412,8 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
              gif_path: str | Path | None = None, arm: SimArm | None = None, sim_config: SimConfig | None = None,
              camera_map: Mapping[str, str] | None = None, episode_seconds: float | None = None,
              progress: bool = False,
-             command_filter_factory: Callable[[SimArm], CommandFilter] | None = None) -> EvalReport:
+             command_filter_factory: Callable[[SimArm], CommandFilter] | None = None,
+             window_sink: list[dict[str, np.ndarray]] | None = None) -> EvalReport:
     """Run `episodes` closed-loop episodes of `task` on seeds `seed, seed + 1, ...` (see module doc).
 
     `checkpoint_or_policy`: a checkpoint directory/file, or a policy object with `.config`/`.cfg`,
@@ -423,6 +425,8 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
     (cameras at the recording size, resized for the policy). `episode_seconds` cuts episodes short of the task's
     time limit (smoke runs). `gif_path` gets a GIF of the first episode. `command_filter_factory(arm)`
     makes, per episode, what stands between the policy and the arm (the benchmark's collision guard).
+    `window_sink` gets a copy of every observation window the policy is called with in the episodes
+    (data.windows: on-policy distillation).
     """
     if task not in ALL_TASKS:
         raise ValueError(f'evaluate: unknown task {task!r}; expected one of {ALL_TASKS}')
@@ -457,8 +461,11 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
 
     import torch
 
-    def policy_fn_for(generator: torch.Generator) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    def policy_fn_for(generator: torch.Generator, sink: list[dict[str, np.ndarray]] | None = None
+                      ) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         def call(obs: dict[str, np.ndarray]) -> np.ndarray:
+            if sink is not None:
+                sink.append({key: np.array(value, copy=True) for key, value in obs.items()})
             return policy.predict_action_chunk(obs, num_inference_steps=num_inference_steps, generator=generator)
         return call
 
@@ -488,7 +495,7 @@ def evaluate(checkpoint_or_policy: Any, task: str, episodes: int, seed: int = DE
     seeds = list(range(seed, seed + episodes))
     try:
         for index, episode_seed in enumerate(seeds):
-            policy_fn = policy_fn_for(torch.Generator().manual_seed(episode_seed))
+            policy_fn = policy_fn_for(torch.Generator().manual_seed(episode_seed), window_sink)
             try:
                 outcome, episode_latencies = loop.run(
                     arm, episode_seed, policy_fn, gif_file if index == 0 else None,
@@ -572,6 +579,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--episode-seconds', type=float, default=None,
                         help="cut episodes short of the task's time limit (quick smoke runs)")
     parser.add_argument('--no-gif', action='store_true', help='do not write the GIF of the first episode')
+    parser.add_argument('--save-windows', type=Path, default=None, metavar='FILE',
+                        help='save every observation window the policy saw (safetensors) for on-policy '
+                             'distillation (distill.rollout_windows)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -582,10 +592,20 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     gif_dir = None if args.no_gif or out is None else out
+    windows: list[dict[str, np.ndarray]] | None = [] if args.save_windows is not None else None
+    if args.save_windows is not None and args.baseline is not None:
+        print('dp-ros eval: error: --save-windows records one policy; drop --baseline', file=sys.stderr)
+        return 2
     if args.baseline is None:
         report = evaluate(args.checkpoint, args.task, args.episodes, args.seed,
-                          gif_path=None if gif_dir is None else gif_dir / 'episode.gif', **kwargs)
+                          gif_path=None if gif_dir is None else gif_dir / 'episode.gif', window_sink=windows,
+                          **kwargs)
         document, reports = report.to_dict(), [report]
+        if windows is not None:
+            saved = save_windows(args.save_windows, windows, {
+                'policy': str(args.checkpoint), 'task': args.task, 'seeds': f'{args.seed}-{args.seed + args.episodes - 1}',
+                'successes': str(report.successes)})
+            print(f'[eval] saved {len(windows)} observation windows to {saved}')
     else:
         document, reports = compare({'policy': args.checkpoint, 'baseline': args.baseline}, args.task,
                                     args.episodes, args.seed, out_dir=gif_dir, with_reports=True, **kwargs)

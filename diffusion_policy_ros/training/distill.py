@@ -26,19 +26,22 @@ import argparse
 import copy
 import dataclasses
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from diffusion_policy_ros.config_loader import ConfigError, from_mapping
 from diffusion_policy_ros.core.checkpoint import CheckpointError
+from diffusion_policy_ros.data.windows import WindowsError, load_windows
 from diffusion_policy_ros.training import adapters
 from diffusion_policy_ros.training.config import TrainConfig, TrainConfigError, load_yaml
 from diffusion_policy_ros.training.distributed import DeviceUnavailableError, DistContext
@@ -55,6 +58,10 @@ class DistillSection:
     # and reused every epoch (TeacherChunkBank); 0: a fresh noise and teacher chunk at every step.
     teacher_chunk_draws: int = 0
     init_student: str | None = None  # a student of this teacher to continue from, instead of the teacher
+    # Observation windows a student saw in its own episodes (dp-ros eval --save-windows), labelled by the
+    # teacher and trained on beside the dataset's (on-policy distillation, data.windows); needs
+    # teacher_chunk_draws.
+    rollout_windows: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.student_steps not in (1, 2):
@@ -66,6 +73,9 @@ class DistillSection:
         if self.teacher_chunk_draws and not self.freeze_encoder:
             raise ValueError('distill.teacher_chunk_draws needs freeze_encoder: true (the stored chunks come '
                              "with the teacher encoder's features, which a trained encoder would change)")
+        if self.rollout_windows and not self.teacher_chunk_draws:
+            raise ValueError('distill.rollout_windows needs teacher_chunk_draws > 0 (their teacher chunks are '
+                             'computed once, before training)')
 
 
 def make_student(teacher: nn.Module, student_steps: int) -> nn.Module:
@@ -102,6 +112,7 @@ def continue_from(student: nn.Module, earlier_path: Path, keep_encoder: bool) ->
 
 
 BANK_FILE = 'teacher_chunks.safetensors'
+BANK_BATCH = 64  # windows per teacher pass while a bank is built
 
 
 class TeacherChunkBank(Dataset):
@@ -123,15 +134,16 @@ class TeacherChunkBank(Dataset):
         return {'cond': self.cond[index], 'noise': self.noise[index], 'teacher_chunk': self.chunk[index]}
 
     @classmethod
-    def build(cls, teacher: nn.Module, windows: Dataset, draws: int, teacher_steps: int, *, batch_size: int,
-              seed: int, progress: bool) -> 'TeacherChunkBank':
+    def build(cls, teacher: nn.Module, batches: Iterable[dict[str, torch.Tensor]], total: int, draws: int,
+              teacher_steps: int, *, seed: int, progress: bool, label: str = 'teacher chunks') -> 'TeacherChunkBank':
+        """`draws` teacher chunks for each observation of `batches` (robot-unit batches, `total` windows)."""
         from tqdm import tqdm
         generator = torch.Generator().manual_seed(seed)
         shape_tail = (teacher.cfg.horizon, teacher.action_spec.dim)
         conds, noises, chunks = [], [], []
-        with torch.no_grad(), tqdm(total=len(windows) * draws, desc='teacher chunks', unit='chunk',
-                                   dynamic_ncols=True, disable=not progress) as bar:
-            for batch in DataLoader(windows, batch_size=batch_size, shuffle=False):
+        with torch.no_grad(), tqdm(total=total * draws, desc=label, unit='chunk', dynamic_ncols=True,
+                                   disable=not progress) as bar:
+            for batch in batches:
                 batch = {k: v.to(teacher.device) for k, v in batch.items()}
                 cond = teacher._condition(teacher.encode_observations(batch))
                 for _ in range(draws):
@@ -159,6 +171,19 @@ class TeacherChunkBank(Dataset):
                 return cls(stored.get_tensor('cond'), stored.get_tensor('noise'), stored.get_tensor('teacher_chunk'))
         except (SafetensorError, OSError):
             return None
+
+
+def _window_batches(teacher: nn.Module, windows: dict[str, np.ndarray], count: int, path: Path
+                    ) -> Iterator[dict[str, torch.Tensor]]:
+    """Stored windows as the policy's robot-unit batches (its own window conversion, so a window that
+    does not fit the teacher's cameras or state is refused naming the file)."""
+    for begin in range(0, count, BANK_BATCH):
+        try:
+            singles = [teacher._window_to_batch({k: v[i] for k, v in windows.items()})
+                       for i in range(begin, min(begin + BANK_BATCH, count))]
+        except (KeyError, ValueError) as exc:
+            raise TrainError(f'distill.rollout_windows {path}: {exc}') from None
+        yield {key: torch.cat([single[key] for single in singles]) for key in singles[0]}
 
 
 class DistillationLoss(nn.Module):
@@ -236,15 +261,32 @@ class Distillation(Objective):
             return data.train
         teacher = self.teacher(ctx.device)
         steps = self.section.teacher_steps or teacher.cfg.sampler.num_inference_steps
-        key = {'teacher': str(self.teacher_path.resolve()), 'windows': str(len(data.train)), 'draws': str(draws),
-               'teacher_steps': str(steps), 'train_episodes': ','.join(str(int(i)) for i in data.train_episodes)}
-        path = run_dir / BANK_FILE
+        common = {'teacher': str(self.teacher_path.resolve()), 'draws': str(draws), 'teacher_steps': str(steps)}
+        banks = [self._bank(run_dir / BANK_FILE, ctx, teacher, steps, 'teacher chunks', {
+            **common, 'windows': str(len(data.train)),
+            'train_episodes': ','.join(str(int(i)) for i in data.train_episodes)},
+            lambda: (DataLoader(data.train, batch_size=BANK_BATCH, shuffle=False), len(data.train)))]
+        for index, source in enumerate(self.section.rollout_windows):
+            path = Path(source)
+            windows, _ = load_windows(path)
+            count = len(next(iter(windows.values())))
+            key = {**common, 'windows': str(count), 'source': str(path.resolve()),
+                   'size': str(path.stat().st_size)}
+            banks.append(self._bank(run_dir / f'teacher_chunks_rollouts_{index}.safetensors', ctx, teacher, steps,
+                                    f'teacher chunks ({path.name})', key,
+                                    lambda: (_window_batches(teacher, windows, count, path), count)))
+        return banks[0] if len(banks) == 1 else ConcatDataset(banks)
+
+    def _bank(self, path: Path, ctx: DistContext, teacher: nn.Module, steps: int, label: str, key: dict[str, str],
+              source: Callable[[], tuple[Iterable[dict[str, torch.Tensor]], int]]) -> TeacherChunkBank:
+        """The bank stored at `path` for `key`, else built (and stored by the main process)."""
         bank = TeacherChunkBank.load(path, key)
         if bank is None:
-            bank = TeacherChunkBank.build(teacher, data.train, draws, steps, batch_size=64, seed=0,
-                                          progress=ctx.is_main)
+            batches, total = source()
+            bank = TeacherChunkBank.build(teacher, batches, total, self.section.teacher_chunk_draws, steps, seed=0,
+                                          progress=ctx.is_main, label=label)
             if ctx.is_main:
-                run_dir.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
                 bank.save(path, key)
         return bank
 
@@ -318,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
         train(cfg, data, out, resume=resume_dir, progress=not args.no_progress,
               objective=Distillation(teacher_path, section))
     except (TrainError, TrainConfigError, TrainStateError, adapters.DataSetupError, DeviceUnavailableError,
-            CheckpointError, FileNotFoundError) as exc:
+            CheckpointError, WindowsError, FileNotFoundError) as exc:
         print(f'dp-ros distill: error: {exc}', file=sys.stderr)
         return 2
     return 0
