@@ -35,16 +35,26 @@ def teacher(tmp_path_factory) -> Path:
     return tmp / 'run' / 'checkpoints' / 'latest'
 
 
+def small_config(path: Path, every: int = 5, **distill) -> Path:
+    """config/distill.yaml sized for a few steps, with `distill` section overrides, written to `path`."""
+    config = yaml.safe_load((ROOT / 'config' / 'distill.yaml').read_text())
+    config['distill'].update(distill)
+    config['train'].update(batch_size=8, val_every=every, checkpoint_every=every, log_every=every)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def distill(teacher: Path, run: Path, config: Path, steps: int) -> int:
+    """`dp-ros distill` of `teacher` on the teacher's own dataset."""
+    data = json.loads((teacher / 'config.json').read_text())['provenance']['dataset']
+    return cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(run), '--config', str(config),
+                     '--steps', str(steps), '--no-progress'])
+
+
 @pytest.mark.parametrize('student_steps', [1, 2])
 def test_distill_writes_a_student_that_samples_with_its_own_number_of_evaluations(tmp_path, teacher, student_steps):
-    config = yaml.safe_load((ROOT / 'config' / 'distill.yaml').read_text())
-    config['distill']['student_steps'] = student_steps
-    config['train'].update(batch_size=8, val_every=5, checkpoint_every=5, log_every=5)
-    (tmp_path / 'distill.yaml').write_text(yaml.safe_dump(config))
-    data = json.loads((teacher / 'config.json').read_text())['provenance']['dataset']
     run = tmp_path / 'student'
-    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(run), '--config',
-                     str(tmp_path / 'distill.yaml'), '--steps', '10', '--no-progress']) == 0
+    assert distill(teacher, run, small_config(tmp_path / 'distill.yaml', student_steps=student_steps), 10) == 0
     student = load_checkpoint(run / 'checkpoints' / 'latest')
     sampler = student.cfg.sampler
     assert (sampler.kind, sampler.num_inference_steps, sampler.prediction_type, sampler.timestep_spacing) == \
@@ -98,18 +108,11 @@ def test_stored_teacher_chunks_train_a_student_continued_from_an_earlier_one(tmp
     """`teacher_chunk_draws`: the teacher's chunks are computed once (draws per window) and kept in the
     run, a resume reuses them; `init_student` starts from an earlier student, the encoder staying the
     teacher's."""
-    config = yaml.safe_load((ROOT / 'config' / 'distill.yaml').read_text())
-    config['train'].update(batch_size=8, val_every=5, checkpoint_every=5, log_every=5)
-    (tmp_path / 'first.yaml').write_text(yaml.safe_dump(config))
-    data = json.loads((teacher / 'config.json').read_text())['provenance']['dataset']
-    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(tmp_path / 'first'),
-                     '--config', str(tmp_path / 'first.yaml'), '--steps', '5', '--no-progress']) == 0
+    assert distill(teacher, tmp_path / 'first', small_config(tmp_path / 'first.yaml'), 5) == 0
     earlier = tmp_path / 'first' / 'checkpoints' / 'latest'
-    config['distill'].update(teacher_chunk_draws=2, init_student=str(earlier))
-    (tmp_path / 'second.yaml').write_text(yaml.safe_dump(config))
     run = tmp_path / 'second'
-    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(run), '--config',
-                     str(tmp_path / 'second.yaml'), '--steps', '5', '--no-progress']) == 0
+    second = small_config(tmp_path / 'second.yaml', teacher_chunk_draws=2, init_student=str(earlier))
+    assert distill(teacher, run, second, 5) == 0
     bank = safetensors.torch.load_file(str(run / BANK_FILE))
     key = safetensors.safe_open(str(run / BANK_FILE), framework='pt').metadata()
     assert bank['teacher_chunk'].shape[0] == 2 * int(key['windows']) and TeacherChunkBank.load(run / BANK_FILE, key)
@@ -152,14 +155,10 @@ def test_rollout_windows_are_labelled_by_the_teacher_and_trained_on_beside_the_d
     rng = np.random.default_rng(0)
     windows = [{'state': rng.uniform(-1, 1, (n_obs, state_dim)).astype(np.float32)} for _ in range(10)]
     save_windows(tmp_path / 'seen.safetensors', windows, {'policy': 'a student'})
-    config = yaml.safe_load((ROOT / 'config' / 'distill.yaml').read_text())
-    config['distill'].update(teacher_chunk_draws=2, rollout_windows=[str(tmp_path / 'seen.safetensors')])
-    config['train'].update(batch_size=8, val_every=3, checkpoint_every=3, log_every=3)
-    (tmp_path / 'distill.yaml').write_text(yaml.safe_dump(config))
-    data = json.loads((teacher / 'config.json').read_text())['provenance']['dataset']
     run = tmp_path / 'student'
-    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(run), '--config',
-                     str(tmp_path / 'distill.yaml'), '--steps', '3', '--no-progress']) == 0
+    config = small_config(tmp_path / 'distill.yaml', every=3, teacher_chunk_draws=2,
+                          rollout_windows=[str(tmp_path / 'seen.safetensors')])
+    assert distill(teacher, run, config, 3) == 0
     labelled = safetensors.torch.load_file(str(run / 'teacher_chunks_rollouts_0.safetensors'))
     assert labelled['teacher_chunk'].shape[0] == 2 * len(windows)
     with torch.no_grad():
@@ -170,10 +169,9 @@ def test_rollout_windows_are_labelled_by_the_teacher_and_trained_on_beside_the_d
     torch.testing.assert_close(labelled['teacher_chunk'][:1], chunk, atol=1e-5, rtol=1e-5)
 
     save_windows(tmp_path / 'other.safetensors', [{'state': np.zeros((n_obs, state_dim + 1), np.float32)}], {})
-    config['distill']['rollout_windows'] = [str(tmp_path / 'other.safetensors')]
-    (tmp_path / 'other.yaml').write_text(yaml.safe_dump(config))
+    other = small_config(tmp_path / 'other.yaml', every=3, teacher_chunk_draws=2,
+                         rollout_windows=[str(tmp_path / 'other.safetensors')])
     capsys.readouterr()
-    assert cli_main(['distill', '--teacher', str(teacher), '--data', data, '--out', str(tmp_path / 'other'),
-                     '--config', str(tmp_path / 'other.yaml'), '--steps', '3', '--no-progress']) == 2
+    assert distill(teacher, tmp_path / 'other', other, 3) == 2
     error = capsys.readouterr().err
     assert 'other.safetensors' in error and "'state' window must be" in error, error
