@@ -25,6 +25,9 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 build: setup
+	@# --symlink-install links build/ to the sources; a file renamed or deleted since leaves a dangling
+	@# link there that fails the next build ("can't copy ... not a regular file"): drop those first.
+	@find build install -xtype l -delete 2>/dev/null || true
 	$(ENV) && colcon build --symlink-install --event-handlers console_cohesion-
 
 test: build

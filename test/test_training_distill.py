@@ -108,7 +108,9 @@ def test_stored_teacher_chunks_train_a_student_continued_from_an_earlier_one(tmp
     """`teacher_chunk_draws`: the teacher's chunks are computed once (draws per window) and kept in the
     run, a resume reuses them; `init_student` starts from an earlier student, the encoder staying the
     teacher's."""
-    assert distill(teacher, tmp_path / 'first', small_config(tmp_path / 'first.yaml'), 5) == 0
+    online = small_config(tmp_path / 'first.yaml', teacher_chunk_draws=0)
+    assert distill(teacher, tmp_path / 'first', online, 5) == 0
+    assert not (tmp_path / 'first' / BANK_FILE).exists()
     earlier = tmp_path / 'first' / 'checkpoints' / 'latest'
     run = tmp_path / 'second'
     second = small_config(tmp_path / 'second.yaml', teacher_chunk_draws=2, init_student=str(earlier))

@@ -26,7 +26,7 @@ from diffusion_policy_ros.scheduling import DEFAULT_REALTIME_PRIORITY, REALTIME_
 class PolicyNodeParams:
     """All parameters of policy_node (config/policy.yaml mirrors these names)."""
 
-    checkpoint: str = field(default='models/pick_place', metadata={
+    checkpoint: str = field(default='models/pick_place_fast', metadata={
         'help': 'checkpoint directory (or its config.json / model.safetensors); relative paths are '
                 'tried against the working directory, then the package share directory'})
     device: str = field(default='auto', metadata={'help': 'auto | cuda | cpu'})

@@ -19,6 +19,11 @@ The student predicts the clean chunk (`prediction_type: sample`) on a trailing D
 step at the noisiest timestep), so the checkpoint is an ordinary one: its sampler section says
 `ddim`, `num_inference_steps: 1` (or 2), and every consumer (node, eval, replay, demo) samples it with
 no new parameter.
+
+On a CPU two settings matter (README "Few-step policies"): `teacher_chunk_draws` computes the teacher's
+chunks once per window and noise draw instead of at every step (TeacherChunkBank), and
+`rollout_windows` adds windows the student saw in its own episodes for the teacher to label
+(on-policy distillation, data.windows).
 """
 from __future__ import annotations
 
@@ -56,7 +61,7 @@ class DistillSection:
     freeze_encoder: bool = True  # the student keeps the teacher's observation encoder as it is
     # Noise draws per training window whose teacher chunks are computed once, before the first step,
     # and reused every epoch (TeacherChunkBank); 0: a fresh noise and teacher chunk at every step.
-    teacher_chunk_draws: int = 0
+    teacher_chunk_draws: int = 8
     init_student: str | None = None  # a student of this teacher to continue from, instead of the teacher
     # Observation windows a student saw in its own episodes (dp-ros eval --save-windows), labelled by the
     # teacher and trained on beside the dataset's (on-policy distillation, data.windows); needs
@@ -72,7 +77,8 @@ class DistillSection:
             raise ValueError(f'distill.teacher_chunk_draws must be >= 0, got {self.teacher_chunk_draws}')
         if self.teacher_chunk_draws and not self.freeze_encoder:
             raise ValueError('distill.teacher_chunk_draws needs freeze_encoder: true (the stored chunks come '
-                             "with the teacher encoder's features, which a trained encoder would change)")
+                             "with the teacher encoder's features, which a trained encoder would change); "
+                             'set teacher_chunk_draws: 0 to train the encoder with online teacher chunks')
         if self.rollout_windows and not self.teacher_chunk_draws:
             raise ValueError('distill.rollout_windows needs teacher_chunk_draws > 0 (their teacher chunks are '
                              'computed once, before training)')
