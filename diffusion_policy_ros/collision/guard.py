@@ -349,9 +349,10 @@ class CollisionGuard:
             return None  # unmeasurable, which the next check rejects
         names = tuple(chunk.joint_names)
         columns = _joint_columns(self.checker.joint_names, names)
-        if untrusted is not None:
-            return self._recheck_commanded(chunk, elapsed, start, columns, untrusted)
-        if self.evader is not None and not self.checker.check_state(start).valid:
+        if untrusted is not None:  # where the trajectory has taken the arm by now stands in for it
+            positions = np.asarray(chunk.positions, dtype=float)
+            start[columns] = [np.interp(elapsed, times, positions[:, j]) for j in range(len(columns))]
+        elif self.evader is not None and not self.checker.check_state(start).valid:
             return self._evade_now(measured, start, names, columns, now_s)
         if not remaining.any():
             return None  # at rest at its last point, which is free
@@ -362,6 +363,8 @@ class CollisionGuard:
                             result.colliding_pair)
         if result.valid:
             return None
+        if untrusted is not None:
+            return self._hold_commanded(names, start[columns], result.reason, untrusted, stats)
         with self._lock:
             self.counters.executing_blocked += 1
             self._sequence += 2  # one for the cut sent now, one for the plan that may follow it
@@ -384,33 +387,17 @@ class CollisionGuard:
                               now_s)
         return GuardDecision('replace', cut, f'{reason}; planning a fallback', stats, plan_request=request)
 
-    def _recheck_commanded(self, chunk: TrajectoryChunk, elapsed: float, last_measured: np.ndarray,
-                           columns: np.ndarray, untrusted: str) -> GuardDecision | None:
-        """`recheck` without a trusted measurement: check the rest of the executing trajectory from the
-        position it commands now; if it collides, hold there."""
-        times = np.asarray(chunk.time_from_start, dtype=float)
-        remaining = times > elapsed
-        if not remaining.any():
-            return None
-        positions = np.asarray(chunk.positions, dtype=float)
-        commanded = np.array([np.interp(elapsed, times, positions[:, j]) for j in range(positions.shape[1])])
-        start = last_measured.copy()
-        start[columns] = commanded
-        waypoints = _full_configuration(start, columns, positions[remaining])
-        began = time.perf_counter()
-        result = self.checker.check_path(start, waypoints, self.max_joint_step)
-        if result.valid:
-            return None
-        stats = ReviewStats(time.perf_counter() - began, result.checked_states, result.first_colliding_index,
-                            result.colliding_pair)
+    def _hold_commanded(self, names: tuple[str, ...], commanded: np.ndarray, collision: str, untrusted: str,
+                        stats: ReviewStats) -> GuardDecision:
+        """`recheck` without a trusted measurement, when the rest collides: hold where the trajectory
+        commands the arm now (no cut to plan on from a state that is not known)."""
         with self._lock:
             self.counters.executing_blocked += 1
             self.counters.holds += 1
             self._sequence += 1
             self._sent_sequence = max(self._sent_sequence, self._sequence)
-        names = tuple(chunk.joint_names)
         hold = self._hold(dict(zip(names, commanded)), names)
-        return GuardDecision('hold', hold, f'scene changed: the executing trajectory now collides ({result.reason}) '
+        return GuardDecision('hold', hold, f'scene changed: the executing trajectory now collides ({collision}) '
                                            f'and the joint state cannot be trusted ({untrusted}); holding at the '
                                            'position it commands now', stats)
 
