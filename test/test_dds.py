@@ -1,4 +1,4 @@
-"""The shipped DDS set-up: Fast DDS's stale shared memory is cleaned, live files are kept."""
+"""The shipped DDS set-up: where it applies, and Fast DDS's stale shared memory is cleaned, live files kept."""
 from __future__ import annotations
 
 import fcntl
@@ -8,9 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from diffusion_policy_ros.nodes.dds import clean_stale_shared_memory
+from diffusion_policy_ros.nodes.dds import (PROFILE_VARIABLE, QOS_FROM_XML_VARIABLE, apply_dds_profile,
+                                           clean_stale_shared_memory, launch_environment, profile_path)
 
 SHM = Path('/dev/shm')
+
+
+def test_the_shipped_profile_comes_with_its_memory_settings():
+    """Its readers' memory policy is read only with RMW_FASTRTPS_USE_QOS_FROM_XML=1: set where the
+    shipped profile applies (also named by a copy's path), never for a profile of the user's own, and a
+    value the user set stays."""
+    assert apply_dds_profile({}) == {PROFILE_VARIABLE: str(profile_path()), QOS_FROM_XML_VARIABLE: '1'}
+    source_copy = str(Path(__file__).resolve().parents[1] / 'config' / 'dds' / 'fastdds.xml')
+    assert apply_dds_profile({PROFILE_VARIABLE: source_copy})[QOS_FROM_XML_VARIABLE] == '1'
+    assert apply_dds_profile({QOS_FROM_XML_VARIABLE: '0'})[QOS_FROM_XML_VARIABLE] == '0'
+    assert QOS_FROM_XML_VARIABLE not in apply_dds_profile({PROFILE_VARIABLE: __file__})
+    assert QOS_FROM_XML_VARIABLE not in apply_dds_profile({PROFILE_VARIABLE: '/no/such/profile.xml'})
+
+
+def test_launch_files_pass_on_only_the_dds_variables():
+    assert launch_environment({'HOME': '/root'}) == apply_dds_profile({})
+    own = {PROFILE_VARIABLE: __file__, 'ROS_DOMAIN_ID': '7'}
+    assert launch_environment(own) == {PROFILE_VARIABLE: __file__}
 
 
 @pytest.mark.skipif(not SHM.is_dir(), reason='Fast DDS keeps shared memory in /dev/shm on Linux only')

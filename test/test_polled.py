@@ -3,6 +3,9 @@ their arrival time, and give their memory back."""
 from __future__ import annotations
 
 import resource
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -13,7 +16,8 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image
 
 from diffusion_policy_ros.nodes.messages import make_image
-from diffusion_policy_ros.nodes.polled import CAMERA_QOS, PolledSubscription, gil_free_take_unavailable
+from diffusion_policy_ros.nodes.polled import (CAMERA_QOS, MAX_SPARE_BUFFERS, PolledSubscription,
+                                              gil_free_take_unavailable)
 from ros_helpers import wait_for
 
 pytestmark = pytest.mark.ros
@@ -104,3 +108,112 @@ def test_a_dropped_frames_buffer_is_reused_for_the_next_frame(node):
     finally:
         subscription.destroy()
         node.destroy_publisher(publisher)
+
+
+def private_mib() -> float:
+    """This process's anonymous resident memory (RssAnon), MiB."""
+    with open('/proc/self/status', encoding='ascii') as status:
+        return next(int(line.split()[1]) for line in status if line.startswith('RssAnon:')) / 1024
+
+
+def test_an_oversized_frames_buffer_is_freed_not_kept(node):
+    """A 1920x1080 frame among 96x96 ones: its buffer goes when the frame goes. Kept as a spare, it
+    circulated with 6 MB resident, and each later oversized frame that landed in another buffer grew the
+    node by 6 MB more (a soak's policy node: +12 MB once in 30 minutes; one every 3 s: +35 MB)."""
+    from diffusion_policy_ros.heap import return_large_blocks_to_os
+    return_large_blocks_to_os()  # as every node process does: a freed 6 MB block is unmapped
+    stamp = node.get_clock().now().to_msg()
+    usual = make_image(np.zeros((96, 96, 3), np.uint8), stamp)
+    oversized = make_image(np.full((1080, 1920, 3), 7, np.uint8), stamp)
+    publisher = node.create_publisher(Image, '/polled_test/oversized', qos_profile_sensor_data)
+    subscription = PolledSubscription(node, Image, '/polled_test/oversized', CAMERA_QOS, raw=True)
+
+    def take_one(msg: Image) -> np.ndarray:
+        publisher.publish(msg)
+        wait_for(lambda: bool(taken := subscription.take()) and not got.append(taken[0][0]), 10, 'a frame')
+        return got.pop()
+
+    ring: list[np.ndarray] = []
+
+    def frames_through_a_ring(count: int, oversized_every: int) -> None:
+        """As the policy node keeps frames: the newest few held, the oldest dropped as each arrives."""
+        for k in range(count):
+            ring.append(take_one(oversized if k % oversized_every == oversized_every - 1 else usual))
+            if len(ring) > MAX_SPARE_BUFFERS + 4:  # more buffers in use than are kept spare
+                ring.pop(0)
+
+    got: list[np.ndarray] = []
+    try:
+        wait_for(lambda: publisher.get_subscription_count() >= 1, 20, 'the subscription to match')
+        frames_through_a_ring(20, 10)  # the middleware's own buffers (this process publishes too) grow
+        before_mib = private_mib()
+        frames_through_a_ring(80, 10)
+        grown_mib = private_mib() - before_mib  # the ring still held, as in a running node
+        spare = [int(message.buffer_capacity) for message in subscription._gil_free._spare]
+        assert spare and max(spare) < 2 * len(serialize_message(usual)), f'spare buffer capacities {spare}'
+        assert grown_mib < 4, f'8 oversized frames grew the process by {grown_mib:.1f} MiB'
+    finally:
+        ring.clear()
+        subscription.destroy()
+        node.destroy_publisher(publisher)
+
+
+OVERSIZED_PUBLISHER = '''
+import sys, time
+import numpy as np, rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from diffusion_policy_ros.nodes.messages import make_image
+rclpy.init()
+node = rclpy.create_node('oversized_publisher')
+publisher = node.create_publisher(Image, sys.argv[1], qos_profile_sensor_data)
+while publisher.get_subscription_count() == 0:
+    time.sleep(0.05)
+def send(rgb, frames):
+    for _ in range(frames):
+        publisher.publish(make_image(rgb, node.get_clock().now().to_msg()))
+        time.sleep(0.02)
+usual, oversized = np.zeros((96, 96, 3), np.uint8), np.full((1080, 1920, 3), 7, np.uint8)
+send(usual, 50)
+print('warm', flush=True)
+sys.stdin.readline()
+for _ in range(4):
+    send(oversized, 3)  # as many as the subscription's depth: every slot of its history holds one
+    send(usual, 5)
+print('done', flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_a_subscriber_keeps_no_memory_of_oversized_frames_from_another_process(node):
+    """The middleware's side (the shipped profile's DYNAMIC reader history): with rmw_fastrtps's own
+    PREALLOCATED_WITH_REALLOC, each slot of the reader's history kept the largest frame it had held:
+    12 oversized frames among 96x96 ones left this process 6-12 MB larger (here: under 0.1 MB)."""
+    from diffusion_policy_ros.heap import return_large_blocks_to_os
+    return_large_blocks_to_os()  # as every node process does
+    topic = '/polled_test/other_process'
+    subscription = PolledSubscription(node, Image, topic, CAMERA_QOS, raw=True)
+    publisher = subprocess.Popen([sys.executable, '-c', OVERSIZED_PUBLISHER, topic], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+
+    def take_until(line: str) -> None:
+        said = []
+        reader = threading.Thread(target=lambda: said.append(publisher.stdout.readline()), daemon=True)
+        reader.start()
+        wait_for(lambda: subscription.take() is not None and not reader.is_alive(), 60, f'the publisher: {line}')
+        assert said == [line + '\n'], said
+        time.sleep(0.2)
+        subscription.take()  # what was still on its way
+
+    try:
+        take_until('warm')
+        before_mib = private_mib()
+        publisher.stdin.write('go\n')
+        publisher.stdin.flush()
+        take_until('done')
+        grown_mib = private_mib() - before_mib
+        assert grown_mib < 4, f'12 oversized frames from another process grew this one by {grown_mib:.1f} MiB'
+    finally:
+        publisher.kill()
+        publisher.wait()
+        subscription.destroy()

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import ctypes
 import os
+import statistics
 import threading
 import weakref
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -111,6 +113,12 @@ _RCL_RET_SUBSCRIPTION_TAKE_FAILED = 401  # nothing to take
 # so that the fields after them (sequence numbers, publisher gid, intra-process flag) always fit.
 _MESSAGE_INFO_WORDS = 32
 MAX_SPARE_BUFFERS = 4  # per subscription: a tick takes at most its depth (3) of frames
+# A buffer is sized for the usual message: the median length of the last LENGTH_HISTORY ones. One far
+# larger (an oversized frame: the middleware grows the buffer to fit it) is freed when its frame goes,
+# not kept: kept, it circulated with its pages resident, and every later oversized frame that landed in
+# another buffer grew the node by one more frame (+6 MB per 1920x1080 frame, up to the number of buffers).
+LENGTH_HISTORY = 16
+OVERSIZED_FACTOR = 2
 
 
 def _loaded_library(stem: str) -> str | None:
@@ -132,7 +140,7 @@ class _GilFreeTake:
     def __init__(self, rcl: ctypes.CDLL, rcutils: ctypes.CDLL) -> None:
         self._rcl, self._rcutils = rcl, rcutils
         self._allocator = rcutils.rcutils_get_default_allocator()
-        self._capacity = 1024  # a new buffer's size: the last message's
+        self._lengths: deque[int] = deque(maxlen=LENGTH_HISTORY)  # of the last messages taken
         # Buffers whose frames were dropped, reused as they are: allocating and freeing a 36 MB buffer per
         # frame maps and unmaps it each time, and the kernel's page faults and unmaps serialise the whole
         # process on its memory map (the real-time tick waited up to 10 ms behind it).
@@ -184,7 +192,8 @@ class _GilFreeTake:
                 return None
             self._rcutils.rcutils_reset_error()
             raise RuntimeError(f'rcl_take_serialized_message failed (rcl_ret_t {ret})')
-        self._capacity = max(self._capacity, int(message.buffer_length))
+        with self._spare_lock:
+            self._lengths.append(int(message.buffer_length))
         view = (ctypes.c_uint8 * message.buffer_length).from_address(message.buffer)
         weakref.finalize(view, self._give_back, message)  # when the last view of the frame goes
         data = np.frombuffer(view, dtype=np.uint8)
@@ -198,19 +207,25 @@ class _GilFreeTake:
         for message in spare:
             self._rcutils.rcutils_uint8_array_fini(ctypes.byref(message))
 
+    def _usual_length(self) -> int:
+        """The median length of the last messages (1 KiB before the first); call with the lock held."""
+        return int(statistics.median_low(self._lengths)) if self._lengths else 1024
+
     def _buffer(self) -> _SerializedMessage:
         with self._spare_lock:
             if self._spare:
                 return self._spare.pop()
+            capacity = self._usual_length()
         message = _SerializedMessage()
-        if self._rcutils.rcutils_uint8_array_init(ctypes.byref(message), self._capacity,
+        if self._rcutils.rcutils_uint8_array_init(ctypes.byref(message), capacity,
                                                   ctypes.byref(self._allocator)) != _RCL_RET_OK:
-            raise MemoryError(f'rcutils could not allocate {self._capacity} bytes for a serialized message')
+            raise MemoryError(f'rcutils could not allocate {capacity} bytes for a serialized message')
         return message
 
     def _give_back(self, message: _SerializedMessage) -> None:
         with self._spare_lock:
-            if not self._closed and len(self._spare) < MAX_SPARE_BUFFERS:
+            if (not self._closed and len(self._spare) < MAX_SPARE_BUFFERS
+                    and message.buffer_capacity <= OVERSIZED_FACTOR * self._usual_length()):
                 self._spare.append(message)
                 return
         self._rcutils.rcutils_uint8_array_fini(ctypes.byref(message))
