@@ -5,6 +5,7 @@ import fcntl
 import os
 import secrets
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -52,3 +53,27 @@ def test_stale_segments_are_removed_and_locked_ones_kept():
         for path in (live, Path(f'{live}_el'), dead, Path(f'{dead}_el')):
             if path.exists():
                 os.remove(path)
+
+
+def test_the_profile_restates_what_rmw_fastrtps_no_longer_sets():
+    """With RMW_FASTRTPS_USE_QOS_FROM_XML=1 rmw_fastrtps leaves the endpoints to the XML: readers and
+    writers get data sharing off (on, a service's reply went missing in 2 of 9 calls) and writers its
+    asynchronous publishing and preallocated history; readers free samples (DYNAMIC)."""
+    root = ElementTree.parse(profile_path()).getroot()
+    ns = {'dds': 'http://www.eprosima.com'}
+
+    def default_profile(kind: str) -> ElementTree.Element:
+        found = [p for p in root.iterfind(f'.//dds:{kind}', ns) if p.get('is_default_profile') == 'true']
+        assert len(found) == 1, f'one default {kind} profile'
+        return found[0]
+
+    def text(profile: ElementTree.Element, path: str) -> str | None:
+        element = profile.find('/'.join(f'dds:{part}' for part in path.split('/')), ns)
+        return None if element is None else element.text
+
+    reader, writer = default_profile('data_reader'), default_profile('data_writer')
+    assert text(reader, 'historyMemoryPolicy') == 'DYNAMIC'
+    assert text(reader, 'qos/data_sharing/kind') == 'OFF'
+    assert text(writer, 'qos/data_sharing/kind') == 'OFF'
+    assert text(writer, 'qos/publishMode/kind') == 'ASYNCHRONOUS'
+    assert text(writer, 'historyMemoryPolicy') == 'PREALLOCATED_WITH_REALLOC'
