@@ -7,13 +7,8 @@ _dp_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
 . "$_dp_root/.venv/bin/activate"
 export AMENT_PREFIX_PATH="$VIRTUAL_ENV${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
-# Fast DDS transports that deliver large camera frames whole, and readers that free what they took
-# (config/dds/fastdds.xml says why; rmw_fastrtps reads the latter only with RMW_FASTRTPS_USE_QOS_FROM_XML=1).
-# A profile of your own is left alone (as nodes/dds.py's apply_dds_profile does).
-if [ -z "${FASTDDS_DEFAULT_PROFILES_FILE:-}" ]; then
-  export FASTDDS_DEFAULT_PROFILES_FILE="$_dp_root/config/dds/fastdds.xml"
-  export RMW_FASTRTPS_USE_QOS_FROM_XML="${RMW_FASTRTPS_USE_QOS_FROM_XML:-1}"
-fi
+# Fast DDS transports that deliver large camera frames whole (config/dds/fastdds.xml says why).
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_dp_root/config/dds/fastdds.xml}"
 export PYTHONUNBUFFERED=1
 if [ -f "$_dp_root/install/setup.bash" ]; then
   . "$_dp_root/install/setup.bash"

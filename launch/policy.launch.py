@@ -9,10 +9,8 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
-
-from diffusion_policy_ros.nodes.dds import launch_environment
 
 
 def generate_launch_description():
@@ -22,10 +20,10 @@ def generate_launch_description():
     guard_params = LaunchConfiguration('guard_params')
     use_sim_time = LaunchConfiguration('use_sim_time')
     return LaunchDescription([
-        # Fast DDS transports that deliver large camera frames whole and readers that free what they
-        # took (config/dds/fastdds.xml), unless the environment names a profile already; start the camera
-        # driver with it too.
-        *[SetEnvironmentVariable(name, value) for name, value in launch_environment().items()],
+        # Fast DDS transports that deliver large camera frames whole (config/dds/fastdds.xml), unless
+        # the environment names a profile already; start the camera driver with it too.
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', EnvironmentVariable(
+            'FASTDDS_DEFAULT_PROFILES_FILE', default_value=os.path.join(config, 'dds', 'fastdds.xml'))),
         DeclareLaunchArgument('policy_params', default_value=os.path.join(config, 'policy.yaml')),
         DeclareLaunchArgument('guard_params', default_value=os.path.join(config, 'collision_guard.yaml')),
         DeclareLaunchArgument('use_sim_time', default_value='false'),

@@ -8,10 +8,8 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
-
-from diffusion_policy_ros.nodes.dds import launch_environment
 
 
 def generate_launch_description():
@@ -19,10 +17,10 @@ def generate_launch_description():
     config = os.path.join(share, 'config')
     sim_params = LaunchConfiguration('sim_params')
     return LaunchDescription([
-        # Fast DDS transports that deliver large camera frames whole and readers that free what they
-        # took (config/dds/fastdds.xml), unless the environment names a profile already; start the camera
-        # driver with it too.
-        *[SetEnvironmentVariable(name, value) for name, value in launch_environment().items()],
+        # Fast DDS transports that deliver large camera frames whole (config/dds/fastdds.xml), unless
+        # the environment names a profile already; start the camera driver with it too.
+        SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', EnvironmentVariable(
+            'FASTDDS_DEFAULT_PROFILES_FILE', default_value=os.path.join(config, 'dds', 'fastdds.xml'))),
         DeclareLaunchArgument('sim_params', default_value=os.path.join(config, 'sim.yaml')),
         Node(package='diffusion_policy_ros', executable='sim_robot_node', name='sim_robot_node',
              output='screen', parameters=[os.path.join(config, 'sim_robot.yaml'), sim_params]),

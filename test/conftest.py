@@ -69,9 +69,7 @@ os.environ['ROS_DOMAIN_ID'] = str(_PROCESS_DOMAIN)
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 # A node that hangs in a test is sent SIGABRT: faulthandler then prints every thread's stack to its log.
 os.environ['PYTHONFAULTHANDLER'] = '1'
-if not os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE'):  # the shipped profile, as env.sh applies it
-    os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = os.path.join(_ROOT, 'config', 'dds', 'fastdds.xml')
-    os.environ.setdefault('RMW_FASTRTPS_USE_QOS_FROM_XML', '1')
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', os.path.join(_ROOT, 'config', 'dds', 'fastdds.xml'))
 if sys.prefix not in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep):
     os.environ['AMENT_PREFIX_PATH'] = os.pathsep.join(
         p for p in (sys.prefix, os.environ.get('AMENT_PREFIX_PATH')) if p)

@@ -1,36 +1,16 @@
-"""The shipped DDS set-up: where it applies, and Fast DDS's stale shared memory is cleaned, live files kept."""
+"""The shipped DDS set-up: Fast DDS's stale shared memory is cleaned, live files are kept."""
 from __future__ import annotations
 
 import fcntl
 import os
 import secrets
 from pathlib import Path
-from xml.etree import ElementTree
 
 import pytest
 
-from diffusion_policy_ros.nodes.dds import (PROFILE_VARIABLE, QOS_FROM_XML_VARIABLE, apply_dds_profile,
-                                           clean_stale_shared_memory, launch_environment, profile_path)
+from diffusion_policy_ros.nodes.dds import clean_stale_shared_memory
 
 SHM = Path('/dev/shm')
-
-
-def test_the_shipped_profile_comes_with_its_memory_settings():
-    """Its readers' memory policy is read only with RMW_FASTRTPS_USE_QOS_FROM_XML=1: set where the
-    shipped profile applies (also named by a copy's path), never for a profile of the user's own, and a
-    value the user set stays."""
-    assert apply_dds_profile({}) == {PROFILE_VARIABLE: str(profile_path()), QOS_FROM_XML_VARIABLE: '1'}
-    source_copy = str(Path(__file__).resolve().parents[1] / 'config' / 'dds' / 'fastdds.xml')
-    assert apply_dds_profile({PROFILE_VARIABLE: source_copy})[QOS_FROM_XML_VARIABLE] == '1'
-    assert apply_dds_profile({QOS_FROM_XML_VARIABLE: '0'})[QOS_FROM_XML_VARIABLE] == '0'
-    assert QOS_FROM_XML_VARIABLE not in apply_dds_profile({PROFILE_VARIABLE: __file__})
-    assert QOS_FROM_XML_VARIABLE not in apply_dds_profile({PROFILE_VARIABLE: '/no/such/profile.xml'})
-
-
-def test_launch_files_pass_on_only_the_dds_variables():
-    assert launch_environment({'HOME': '/root'}) == apply_dds_profile({})
-    own = {PROFILE_VARIABLE: __file__, 'ROS_DOMAIN_ID': '7'}
-    assert launch_environment(own) == {PROFILE_VARIABLE: __file__}
 
 
 @pytest.mark.skipif(not SHM.is_dir(), reason='Fast DDS keeps shared memory in /dev/shm on Linux only')
@@ -53,27 +33,3 @@ def test_stale_segments_are_removed_and_locked_ones_kept():
         for path in (live, Path(f'{live}_el'), dead, Path(f'{dead}_el')):
             if path.exists():
                 os.remove(path)
-
-
-def test_the_profile_restates_what_rmw_fastrtps_no_longer_sets():
-    """With RMW_FASTRTPS_USE_QOS_FROM_XML=1 rmw_fastrtps leaves the endpoints to the XML: readers and
-    writers get data sharing off (on, a service's reply went missing in 2 of 9 calls) and writers its
-    asynchronous publishing and preallocated history; readers free samples (DYNAMIC)."""
-    root = ElementTree.parse(profile_path()).getroot()
-    ns = {'dds': 'http://www.eprosima.com'}
-
-    def default_profile(kind: str) -> ElementTree.Element:
-        found = [p for p in root.iterfind(f'.//dds:{kind}', ns) if p.get('is_default_profile') == 'true']
-        assert len(found) == 1, f'one default {kind} profile'
-        return found[0]
-
-    def text(profile: ElementTree.Element, path: str) -> str | None:
-        element = profile.find('/'.join(f'dds:{part}' for part in path.split('/')), ns)
-        return None if element is None else element.text
-
-    reader, writer = default_profile('data_reader'), default_profile('data_writer')
-    assert text(reader, 'historyMemoryPolicy') == 'DYNAMIC'
-    assert text(reader, 'qos/data_sharing/kind') == 'OFF'
-    assert text(writer, 'qos/data_sharing/kind') == 'OFF'
-    assert text(writer, 'qos/publishMode/kind') == 'ASYNCHRONOUS'
-    assert text(writer, 'historyMemoryPolicy') == 'PREALLOCATED_WITH_REALLOC'

@@ -3,9 +3,6 @@ their arrival time, and give their memory back."""
 from __future__ import annotations
 
 import resource
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
@@ -157,63 +154,3 @@ def test_an_oversized_frames_buffer_is_freed_not_kept(node):
         subscription.destroy()
         node.destroy_publisher(publisher)
 
-
-OVERSIZED_PUBLISHER = '''
-import sys, time
-import numpy as np, rclpy
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
-from diffusion_policy_ros.nodes.messages import make_image
-rclpy.init()
-node = rclpy.create_node('oversized_publisher')
-publisher = node.create_publisher(Image, sys.argv[1], qos_profile_sensor_data)
-while publisher.get_subscription_count() == 0:
-    time.sleep(0.05)
-def send(rgb, frames):
-    for _ in range(frames):
-        publisher.publish(make_image(rgb, node.get_clock().now().to_msg()))
-        time.sleep(0.02)
-usual, oversized = np.zeros((96, 96, 3), np.uint8), np.full((1080, 1920, 3), 7, np.uint8)
-send(usual, 50)
-print('warm', flush=True)
-sys.stdin.readline()
-for _ in range(4):
-    send(oversized, 3)  # as many as the subscription's depth: every slot of its history holds one
-    send(usual, 5)
-print('done', flush=True)
-sys.stdin.readline()
-'''
-
-
-def test_a_subscriber_keeps_no_memory_of_oversized_frames_from_another_process(node):
-    """The middleware's side (the shipped profile's DYNAMIC reader history): with rmw_fastrtps's own
-    PREALLOCATED_WITH_REALLOC, each slot of the reader's history kept the largest frame it had held:
-    12 oversized frames among 96x96 ones left this process 6-12 MB larger (here: under 0.1 MB)."""
-    from diffusion_policy_ros.heap import return_large_blocks_to_os
-    return_large_blocks_to_os()  # as every node process does
-    topic = '/polled_test/other_process'
-    subscription = PolledSubscription(node, Image, topic, CAMERA_QOS, raw=True)
-    publisher = subprocess.Popen([sys.executable, '-c', OVERSIZED_PUBLISHER, topic], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True)
-
-    def take_until(line: str) -> None:
-        said = []
-        reader = threading.Thread(target=lambda: said.append(publisher.stdout.readline()), daemon=True)
-        reader.start()
-        wait_for(lambda: subscription.take() is not None and not reader.is_alive(), 60, f'the publisher: {line}')
-        assert said == [line + '\n'], said
-        time.sleep(0.2)
-        subscription.take()  # what was still on its way
-
-    try:
-        take_until('warm')
-        before_mib = private_mib()
-        publisher.stdin.write('go\n')
-        publisher.stdin.flush()
-        take_until('done')
-        grown_mib = private_mib() - before_mib
-        assert grown_mib < 4, f'12 oversized frames from another process grew this one by {grown_mib:.1f} MiB'
-    finally:
-        publisher.kill()
-        publisher.wait()
-        subscription.destroy()

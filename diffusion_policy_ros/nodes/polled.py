@@ -12,8 +12,9 @@ Python bytes object while holding the GIL (65 ms for a 36 MB 4000x3000 rgb8 fram
 other thread of the node, the control tick included, stopped that long). `rcl_take_serialized_message`
 called through ctypes, which releases the GIL for the call, copies the frame into a buffer that rcutils
 allocated and numpy then views, with no second copy (`_GilFreeTake`); the buffer is reused once the
-frame is dropped, unless it is far larger than the usual message (an oversized frame's is freed). Where that is not possible (a librcl that is not loaded, an rclpy without
-`handle.pointer`), rclpy's take is used as before.
+frame is dropped, unless it is far larger than the usual message (an oversized frame's is freed).
+Where that is not possible (a librcl that is not loaded, an rclpy without `handle.pointer`), rclpy's
+take is used as before.
 """
 from __future__ import annotations
 
