@@ -116,7 +116,7 @@ def private_mib() -> float:
 def test_an_oversized_frames_buffer_is_freed_not_kept(node):
     """A 1920x1080 frame among 96x96 ones: its buffer goes when the frame goes. Kept as a spare, it
     circulated with 6 MB resident, and each later oversized frame that landed in another buffer grew the
-    node by 6 MB more (a soak's policy node: +12 MB once in 30 minutes; one every 3 s: +35 MB)."""
+    node by 6 MB more (a soak's policy node: +12 MB once in 30 minutes; one every 3 s: +41 MB)."""
     from diffusion_policy_ros.heap import return_large_blocks_to_os
     return_large_blocks_to_os()  # as every node process does: a freed 6 MB block is unmapped
     stamp = node.get_clock().now().to_msg()
