@@ -307,7 +307,11 @@ def test_a_4000x3000_camera_at_30_hz_in_another_process_does_not_slow_the_contro
     try:
         wait_for(lambda: len(received) >= 20 or not node.alive(), 90, 'the node to publish')
         assert node.alive(), node.output
-        wait_for(lambda: 'RUNNING' in states, 60, 'the policy to run on the 4000x3000 frames')
+        try:
+            wait_for(lambda: 'RUNNING' in states, 60, 'the policy to run on the 4000x3000 frames')
+        except AssertionError as err:  # say why it held (once seen only in a full suite beside a CPU hog)
+            raise AssertionError(f'{err}; states {sorted(set(states))}; node log tail:\n'
+                                 + ''.join(node.lines[-15:])) from None
         start = len(received)
         time.sleep(8.0)
         stamps = sorted(received[start:])
