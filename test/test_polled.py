@@ -47,6 +47,14 @@ def frames_through(node, topic: str, messages: list[Image]) -> list[tuple[np.nda
         node.destroy_publisher(publisher)
 
 
+def publish_and_take(publisher, subscription: PolledSubscription, msg: Image) -> np.ndarray:
+    """`msg` published and taken back: its raw frame, which holds its buffer until dropped."""
+    publisher.publish(msg)
+    got: list[np.ndarray] = []
+    wait_for(lambda: bool(taken := subscription.take()) and not got.append(taken[0][0]), 10, 'a frame')
+    return got.pop()
+
+
 def test_this_machine_takes_serialized_frames_without_the_gil():
     """The shipped rclpy/rcl expose what the GIL-free take needs; a regression here would bring back
     65 ms stalls of the control tick per 4000x3000 frame."""
@@ -88,11 +96,8 @@ def test_a_dropped_frames_buffer_is_reused_for_the_next_frame(node):
     subscription = PolledSubscription(node, Image, '/polled_test/reuse', CAMERA_QOS, raw=True)
 
     def next_frame() -> np.ndarray:
-        publisher.publish(frame)
-        wait_for(lambda: bool(taken := subscription.take()) and not got.append(taken[0][0]), 10, 'a frame')
-        return got.pop()
+        return publish_and_take(publisher, subscription, frame)
 
-    got: list[np.ndarray] = []
     try:
         wait_for(lambda: publisher.get_subscription_count() >= 1, 20, 'the subscription to match')
         first = next_frame()
@@ -125,21 +130,16 @@ def test_an_oversized_frames_buffer_is_freed_not_kept(node):
     publisher = node.create_publisher(Image, '/polled_test/oversized', qos_profile_sensor_data)
     subscription = PolledSubscription(node, Image, '/polled_test/oversized', CAMERA_QOS, raw=True)
 
-    def take_one(msg: Image) -> np.ndarray:
-        publisher.publish(msg)
-        wait_for(lambda: bool(taken := subscription.take()) and not got.append(taken[0][0]), 10, 'a frame')
-        return got.pop()
-
     ring: list[np.ndarray] = []
 
     def frames_through_a_ring(count: int, oversized_every: int) -> None:
         """As the policy node keeps frames: the newest few held, the oldest dropped as each arrives."""
         for k in range(count):
-            ring.append(take_one(oversized if k % oversized_every == oversized_every - 1 else usual))
+            msg = oversized if k % oversized_every == oversized_every - 1 else usual
+            ring.append(publish_and_take(publisher, subscription, msg))
             if len(ring) > MAX_SPARE_BUFFERS + 4:  # more buffers in use than are kept spare
                 ring.pop(0)
 
-    got: list[np.ndarray] = []
     try:
         wait_for(lambda: publisher.get_subscription_count() >= 1, 20, 'the subscription to match')
         frames_through_a_ring(20, 10)  # the middleware's own buffers (this process publishes too) grow
