@@ -310,8 +310,7 @@ def test_a_4000x3000_camera_at_30_hz_in_another_process_does_not_slow_the_contro
         try:
             wait_for(lambda: 'RUNNING' in states, 60, 'the policy to run on the 4000x3000 frames')
         except AssertionError as err:  # say why it held (once seen only in a full suite beside a CPU hog)
-            raise AssertionError(f'{err}; states {sorted(set(states))}; node log tail:\n'
-                                 + ''.join(node.lines[-15:])) from None
+            raise AssertionError(f'{err}; states {sorted(set(states))}; node log tail:\n{node.output}') from None
         start = len(received)
         time.sleep(8.0)
         stamps = sorted(received[start:])
