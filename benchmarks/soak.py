@@ -62,10 +62,10 @@ class Monitor:
     lock: threading.Lock = field(default_factory=threading.Lock)
     policy_out: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, points)
     commands: list[float] = field(default_factory=list)  # monotonic arrival of arm commands
-    # (monotonic publication, arrival) of each message, from the publisher's source stamp: where a gap
-    # in the controller's stream began (the policy, the guard, or the delivery; `explain_gap`)
-    policy_sent: list[tuple[float, float]] = field(default_factory=list)
-    commands_sent: list[tuple[float, float]] = field(default_factory=list)
+    # when each was published (monotonic, from the publisher's source stamp): where a gap in the
+    # controller's stream began (the policy, the guard, or the delivery; `explain_gap`)
+    policy_sent: list[float] = field(default_factory=list)
+    commands_sent: dict[float, float] = field(default_factory=dict)  # arrival -> publication
     violations: list[dict] = field(default_factory=list)
     reasons: Counter = field(default_factory=Counter)
     status: dict = field(default_factory=dict)
@@ -242,7 +242,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         arrived = arrival(info)
         with monitor.lock:
             monitor.policy_out.append((arrived, len(msg.points)))
-            monitor.policy_sent.append((arrival(info, 'source_timestamp'), arrived))
+            monitor.policy_sent.append(arrival(info, 'source_timestamp'))
 
     # The independent check runs on a thread of its own (it is slow by design: a millimetre apart), so
     # this process relays the sensors without delay; each command is judged against the measured state
@@ -256,7 +256,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
         with monitor.lock:
             measured = monitor.measured
             monitor.commands.append(arrival(info))  # the gaps in the stream, as the middleware received it
-            monitor.commands_sent.append((arrival(info, 'source_timestamp'), monitor.commands[-1]))
+            monitor.commands_sent[monitor.commands[-1]] = arrival(info, 'source_timestamp')
         if measured is None:
             return
         order = [list(msg.joint_names).index(n) for n in checker.names if n in msg.joint_names]
@@ -443,6 +443,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     with monitor.lock:
         policy_out = list(monitor.policy_out)
         commands = np.sort(np.array(monitor.commands))
+        commands_sent, policy_sent = dict(monitor.commands_sent), sorted(monitor.policy_sent)
     for record in records:
         if record.name not in HOLDING_FAULTS:
             continue
@@ -458,7 +459,7 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     for a, b in zip(commands[:-1], commands[1:]):
         if b - a > 0.2 and not any(s <= a <= e or s <= b <= e for s, e in quiet):
             gaps.append({'at_s': round(a - started, 1), 'gap_s': round(b - a, 3),
-                         **explain_gap(a, b, monitor.commands_sent, monitor.policy_sent)})
+                         **explain_gap(a, b, commands_sent, policy_sent)})
     per_fault: dict[str, dict] = {}
     for record in records:
         entry = per_fault.setdefault(record.name, {'count': 0, 'hold_after_s': [], 'recover_after_s': []})
@@ -509,19 +510,18 @@ def main() -> None:  # noqa: C901 - one scenario, read top to bottom
     os._exit(0 if not failed else 1)
 
 
-def explain_gap(a: float, b: float, commands_sent: list[tuple[float, float]],
-                policy_sent: list[tuple[float, float]]) -> dict:
+def explain_gap(a: float, b: float, commands_sent: dict[float, float], policy_sent: list[float]) -> dict:
     """Where a gap between commands arriving at `a` and `b` began. `guard_sent_gap_s`: between the guard
     publishing them (about the gap itself: the guard published late; much less: the delivery was late).
     `policy_sent_s`: when the policy published each proposal from 0.3 s before the first command to the
     second, relative to the first command's publication (none between 0 and the gap: the policy was late;
-    one there: the guard did not forward it in time)."""
-    sent = dict((arrived, published) for published, arrived in commands_sent)
-    first, second = sent.get(a), sent.get(b)
+    one there: the guard did not forward it in time). `commands_sent`: arrival -> publication;
+    `policy_sent`: publications, sorted."""
+    first, second = commands_sent.get(a), commands_sent.get(b)
     if first is None or second is None:
         return {}
     return {'guard_sent_gap_s': round(second - first, 3),
-            'policy_sent_s': [round(p - first, 3) for p, _ in sorted(policy_sent) if first - 0.3 <= p <= second]}
+            'policy_sent_s': [round(p - first, 3) for p in policy_sent if first - 0.3 <= p <= second]}
 
 
 def plot_timeline(path: Path, started: float, records, policy_out, violations, gaps, rss_samples,
